@@ -2,19 +2,96 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from cli.common import not_built
+from cli.common import fail
+from dspark_data.store import StoreError
+from dspark_data.store import inspect as inspect_dataset
+from dspark_data.store import verify as verify_dataset
+
+DirArg = Annotated[Path, typer.Argument(help="A regen or hidden-state dataset directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
-def inspect(directory: Annotated[Path, typer.Argument(help="A regen or hidden-state dataset directory.")]) -> None:
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def inspect(directory: DirArg, json_: JsonOpt = False) -> None:
     """Samples, tokens, bytes/token, compression ratio, codec, layers, fingerprint, shards."""
-    not_built("inspect", 4)
+    try:
+        s = inspect_dataset(directory)
+    except StoreError as exc:
+        fail(str(exc))
+    if json_:
+        typer.echo(json.dumps(s, indent=1))
+        return
+    out = Console()
+    table = Table(title=f"{s['kind']} dataset {directory}", show_header=False)
+    rows = [
+        ("complete", str(s["complete"])),
+        ("samples", f"{s['samples']:,}"),
+        ("tokens", f"{s['tokens']:,}"),
+        ("shards", str(s["shards"])),
+        ("stored", _size(s["stored_bytes"])),
+        ("raw", _size(s["raw_bytes"])),
+        ("bytes/token", str(s["bytes_per_token"])),
+        ("compression ratio", str(s["compression_ratio"])),
+        ("codec", str(s["codec"])),
+        ("layer ids", str(s["layer_ids"])),
+        ("hidden size", str(s["hidden_size"])),
+        ("errors", f"{s['errors']} {s['error_counts'] or ''}"),
+        ("fingerprint", s["fingerprint_hash"]),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    fp = Table("fingerprint field", "value")
+    for k, v in s["fingerprint"].items():
+        fp.add_row(str(k), json.dumps(v)[:100])
+    out.print(fp)
+    shards = Table(title="shards")
+    for col in ("file", "samples", "tokens", "bytes", "first id"):
+        shards.add_column(col)
+    listed = s["shard_list"]
+    for e in listed[:10] + (listed[-3:] if len(listed) > 13 else listed[10:]):
+        shards.add_row(e["file"], str(e["samples"]), str(e["tokens"]), _size(e["bytes"]), str(e["first_id"]))
+    out.print(shards)
 
 
-def verify(directory: Annotated[Path, typer.Argument(help="A regen or hidden-state dataset directory.")]) -> None:
+def verify(directory: DirArg, json_: JsonOpt = False) -> None:
     """Recompute every checksum; report the shard and sample of any mismatch; exit non-zero on failure."""
-    not_built("verify", 4)
+    report = verify_dataset(directory)
+    if json_:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        out = Console()
+        for w in report.warnings:
+            out.print(f"[yellow]warning:[/yellow] {w}")
+        if report.issues:
+            table = Table(title=f"{len(report.issues)} integrity problem(s) in {directory}")
+            for col in ("file", "shard", "samples", "problem"):
+                table.add_column(col)
+            for i in report.issues:
+                ids = ", ".join(i.sample_ids[:4]) + (f" (+{len(i.sample_ids) - 4})" if len(i.sample_ids) > 4 else "")
+                table.add_row(i.file, "-" if i.shard is None else str(i.shard), ids, i.message)
+            out.print(table)
+        status = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+        out.print(
+            f"{status}: {report.shards_checked} shards, {report.samples_checked:,} samples, "
+            f"{_size(report.bytes_checked)} checked"
+        )
+    if not report.ok:
+        raise typer.Exit(1)

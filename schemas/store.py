@@ -1,0 +1,110 @@
+"""On-disk contract of the shard store: the manifest of a sharded Arrow dataset (regen or hidden states).
+
+The manifest (`manifest.json`) is the commit point of a dataset directory: a shard exists for readers
+only once the manifest names it, with the sha256 of its bytes. Everything a reader needs to trust a
+directory is here: which producer settings made it (fingerprint), which files hold which samples,
+and the checksums to verify them. The per-sample index (id -> batch, byte range, checksum) lives in
+one small Arrow file per shard, named by its shard entry, so the manifest stays small and is
+rewritten in O(shards) at each commit. See `docs/formats/store.md`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from schemas.base import StrictModel
+
+STORE_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ERRORS_NAME = "errors.jsonl"
+
+
+def check_plain_name(name: str) -> str:
+    """Refuse anything but a plain file name: manifests must never point outside their directory."""
+    bad = (
+        not name
+        or name in {".", ".."}
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith("~")
+        or (len(name) >= 2 and name[1] == ":")
+    )
+    if bad:
+        raise ValueError(f"file names in a manifest must be plain names inside the dataset directory, got {name!r}")
+    return name
+
+
+class ShardEntry(StrictModel):
+    """One committed shard and its per-sample index file."""
+
+    file: str = Field(description="Shard file name (Arrow IPC file format), e.g. shard-00000.arrow.")
+    sha256: str = Field(description="sha256 hex of the shard file's bytes.")
+    bytes: int = Field(ge=0, description="Size of the shard file in bytes.")
+    index_file: str = Field(description="Per-sample index file name (Arrow IPC), e.g. shard-00000.index.arrow.")
+    index_sha256: str = Field(description="sha256 hex of the index file's bytes.")
+    index_bytes: int = Field(ge=0, description="Size of the index file in bytes.")
+    samples: int = Field(ge=0, description="Samples (rows) in the shard.")
+    batches: int = Field(ge=0, description="Arrow record batches in the shard.")
+    tokens: int = Field(ge=0, description="Tokens in the shard (sum of the length column; 0 without one).")
+    raw_bytes: int = Field(ge=0, description="Uncompressed payload bytes the shard represents.")
+    first_row: int = Field(ge=0, description="Global row number of the shard's first sample.")
+    last_row: int = Field(ge=-1, description="Global row number of the shard's last sample (first_row-1 if empty).")
+    first_id: str | None = Field(None, description="Sample id of the first row.")
+    last_id: str | None = Field(None, description="Sample id of the last row.")
+
+    @field_validator("file", "index_file")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_plain_name(v)
+
+
+class Totals(StrictModel):
+    """Dataset totals over committed shards."""
+
+    samples: int = Field(0, ge=0, description="Committed samples.")
+    tokens: int = Field(0, ge=0, description="Committed tokens.")
+    raw_bytes: int = Field(0, ge=0, description="Uncompressed payload bytes (bf16 hidden states, or Arrow buffers).")
+    stored_bytes: int = Field(0, ge=0, description="Bytes on disk: shards plus index files.")
+    errors: int = Field(0, ge=0, description="Committed error records.")
+
+
+class Manifest(StrictModel):
+    """The commit point of a dataset directory. Written atomically (temp file, fsync, rename)."""
+
+    schema_version: int = Field(STORE_SCHEMA_VERSION, description="Version of this manifest format.")
+    kind: str = Field(description="Dataset kind, e.g. 'regen' or 'hidden'.")
+    fingerprint: dict[str, Any] = Field(description="Producer inputs and settings that determine the content.")
+    fingerprint_hash: str = Field(description="schemas.fingerprint(fingerprint): compared on resume.")
+    producer_config: dict[str, Any] = Field(
+        default_factory=dict, description="Full producer settings (informational; not compared on resume)."
+    )
+    columns: dict[str, str] = Field(description="Arrow schema of the shards: column name -> Arrow type string.")
+    length_column: str | None = Field(None, description="Column whose list length counts as the sample's tokens.")
+    batch_rows: int = Field(1, ge=1, description="Rows per Arrow record batch (1: one batch per sample).")
+    codec: str | None = Field(None, description="Payload codec (hidden states), or None.")
+    layer_ids: list[int] | None = Field(None, description="Hidden-state layer ids in stored order (hidden only).")
+    hidden_size: int | None = Field(None, description="Hidden size H (hidden only).")
+    shards: list[ShardEntry] = Field(default_factory=list, description="Committed shards in order.")
+    totals: Totals = Field(default_factory=Totals)
+    errors_file: str = Field(ERRORS_NAME, description="JSON-lines file of per-sample errors.")
+    errors_bytes: int = Field(0, ge=0, description="Committed length of the errors file; the rest is discarded.")
+    error_counts: dict[str, int] = Field(default_factory=dict, description="Committed errors counted by reason.")
+    complete: bool = Field(False, description="True once the producer closed the dataset normally.")
+    created_at: str = Field(description="UTC time the dataset was started (ISO 8601).")
+    updated_at: str = Field(description="UTC time of the last commit (ISO 8601).")
+
+    @field_validator("errors_file")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_plain_name(v)
+
+
+class ErrorRecord(StrictModel):
+    """One line of errors.jsonl: a sample the producer could not store, and why."""
+
+    id: str = Field(description="Sample id.")
+    reason: str = Field(description="Short machine-readable reason, e.g. 'too_long'; counted in the manifest.")
+    detail: str = Field("", description="Human-readable detail.")

@@ -1,0 +1,79 @@
+"""The CLI contract: every command exists, config show resolves recipes, bad keys are named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+COMMANDS = ["regen", "dump-hidden", "vocab", "train", "export", "eval", "inspect", "verify", "demo", "config"]
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output, command
+
+
+def test_config_show_prints_the_seed_recipe() -> None:
+    result = runner.invoke(app, ["config", "show", "--recipe", "glm52-dspark"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for needle in [
+        "zai-org/GLM-5.2-FP8",
+        "tensor_parallel_size: 4",
+        "HuggingFaceH4/ultrachat_200k",
+        "num_prompts: 50000",
+        "seq_len: 4096",
+        "- 8\n  - 23\n  - 39\n  - 55\n  - 70",
+        "num_layers: 5",
+        "block_size: 8",
+        "draft_vocab_size: 32000",
+        "activation: silu",
+        "epochs: 3",
+        "lr: 0.0006",
+        "schedule: cosine",
+        "ce: 0.1",
+        "tv: 0.9",
+        "confidence_weight: 1.0",
+        "max_anchors: 1024",
+        "num_speculative_tokens: 7",
+    ]:
+        assert needle in out, needle
+
+
+def test_config_show_override_and_errors() -> None:
+    ok = runner.invoke(app, ["config", "show", "--set", "train.lr=3e-4", "--json"])
+    assert ok.exit_code == 0 and '"lr": 0.0003' in ok.output
+    bad = runner.invoke(app, ["config", "show", "--set", "train.nope=1"])
+    assert bad.exit_code == 2 and "train.nope" in bad.output
+
+
+def test_console_script_module_entry() -> None:
+    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "dump-hidden" in proc.stdout
+
+
+def test_dspark_train_imports_without_vllm() -> None:
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'vllm' or name.startswith('vllm.'):\n"
+        "            raise ImportError('vllm blocked by test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import dspark_train\n"
+        "for m in pkgutil.walk_packages(dspark_train.__path__, 'dspark_train.'):\n"
+        "    if m.name.endswith('__main__'):\n"
+        "        continue\n"
+        "    importlib.import_module(m.name)\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
