@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, not_built, resolve_recipe
+from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from dspark_data.store import StoreError
+from dspark_data.vocab import build_vocab
 
 
 def vocab(
@@ -17,5 +19,24 @@ def vocab(
     size: Annotated[int | None, typer.Option(help="Draft vocab size (default: recipe vocab.draft_vocab_size).")] = None,
 ) -> None:
     """Count loss-masked tokens, keep the top N (ties by lower id), write d2t/t2d."""
-    resolve_recipe(recipe, set_)
-    not_built("vocab", 4)
+    r = resolve_recipe(recipe, set_)
+    if data is None:
+        hidden = stage_dir(r, "hidden")
+        data = hidden if (hidden / "manifest.json").is_file() else stage_dir(r, "regen")
+    out_dir = stage_dir(r, "vocab", out)
+    target_vocab: int | None = None
+    try:
+        from dspark_data.targets import load_target_info
+
+        target_vocab = load_target_info(r.target.model).vocab_size
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back to the ids seen, loudly
+        console.print(f"[yellow]warning:[/yellow] target vocab size unknown ({exc}); t2d sized by the largest id seen")
+    try:
+        res = build_vocab(data, out_dir, size=size or r.vocab.draft_vocab_size, target_vocab_size=target_vocab)
+    except StoreError as exc:
+        fail(str(exc))
+    state = "cached" if res.cached else "built"
+    console.print(
+        f"vocab {state}: {res.draft_vocab_size} of {res.target_vocab_size} ids, coverage {res.coverage:.2%} of "
+        f"{res.tokens:,} loss-masked tokens ({res.samples} samples) -> {out_dir}"
+    )

@@ -15,6 +15,10 @@ JSON_DIR = Path(__file__).resolve().parent / "json"
 # name -> "module:Class"; each entry is a published, versioned on-disk format or config.
 PUBLISHED: dict[str, str] = {
     "recipe": "schemas.recipe:Recipe",
+    "store-manifest": "schemas.store:Manifest",
+    "vocab-manifest": "schemas.store:VocabManifest",
+    "regen-record": "schemas.regen:RegenRecord",
+    "regen-summary": "schemas.regen:RegenSummary",
 }
 
 

@@ -108,3 +108,26 @@ class ErrorRecord(StrictModel):
     id: str = Field(description="Sample id.")
     reason: str = Field(description="Short machine-readable reason, e.g. 'too_long'; counted in the manifest.")
     detail: str = Field("", description="Human-readable detail.")
+
+
+VOCAB_SCHEMA_VERSION = 1
+
+
+class VocabManifest(StrictModel):
+    """`vocab.json` beside `vocab.safetensors` (d2t int64 [N], t2d bool [V], counts int64 [V]).
+
+    Written last, so it is the commit point of the vocab stage; a rerun with the same fingerprint reuses it.
+    """
+
+    schema_version: int = Field(VOCAB_SCHEMA_VERSION, description="Version of the vocab format.")
+    fingerprint: dict[str, Any] = Field(description="Data identity and settings the vocab was built from.")
+    fingerprint_hash: str = Field(description="schemas.fingerprint(fingerprint).")
+    data_dir: str = Field(description="Dataset directory the counts were read from (informational).")
+    data_kind: str = Field(description="Kind of that dataset ('regen' or 'hidden').")
+    draft_vocab_size: int = Field(ge=1, description="N: entries of d2t (min of the requested size and V).")
+    target_vocab_size: int = Field(ge=1, description="V: entries of t2d and counts.")
+    samples: int = Field(ge=0, description="Samples counted.")
+    tokens: int = Field(ge=0, description="Loss-masked tokens counted.")
+    coverage: float = Field(ge=0, le=1, description="Fraction of loss-masked tokens whose id is in the draft vocab.")
+    sha256: str = Field(description="sha256 of vocab.safetensors.")
+    created_at: str = Field(description="UTC time (ISO 8601).")

@@ -1,0 +1,149 @@
+"""File-system primitives of the store: atomic writes, fsync, hashing, the writer lock, our file names.
+
+Every file the store publishes goes through `atomic_write_bytes` or `publish` (temp file in the same
+directory, fsync, rename, fsync of the directory), so a reader or a resumed writer never sees a
+half-written file under a final name. Peers that resume by "file exists" count truncated files as
+done; here only the manifest decides what exists.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import IO
+
+TMP_PREFIX = ".tmp-"
+SHARD_RE = re.compile(r"^shard-(\d{5,})\.(arrow|index\.arrow)$")
+LOCK_NAME = ".writer.lock"
+_CHUNK = 8 << 20
+
+
+def shard_name(n: int) -> str:
+    """Zero-padded shard file name, so a directory listing sorts in row order."""
+    return f"shard-{n:05d}.arrow"
+
+
+def index_name(n: int) -> str:
+    """Per-sample index file of shard n."""
+    return f"shard-{n:05d}.index.arrow"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable: fsync the directory entry (no-op where the OS refuses)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_file(f: IO[bytes]) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a fully written, fsynced temp file to its final name and make the rename durable."""
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir."""
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        fsync_file(f)
+    publish(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file's bytes, read in chunks (hashlib releases the GIL on large updates)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class HashingSink:
+    """A write-only file object that hashes what passes through it.
+
+    `file_hash` covers every byte of the file; `take_range_digest()` returns the sha256 of the bytes
+    written since its previous call, which is how each record batch gets its own checksum without a
+    second read.
+    """
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.file_hash = hashlib.sha256()
+        self._range = hashlib.sha256()
+        self.position = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        mv = memoryview(data)
+        self._f.write(mv)
+        self.file_hash.update(mv)
+        self._range.update(mv)
+        self.position += mv.nbytes
+        return mv.nbytes
+
+    def take_range_digest(self) -> bytes:
+        digest = self._range.digest()
+        self._range = hashlib.sha256()
+        return digest
+
+    def tell(self) -> int:
+        return self.position
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:  # pyarrow may close its wrapper; the underlying file is closed by its owner
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+
+class WriterLock:
+    """An exclusive advisory lock on a dataset directory, so two writers never interleave commits."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"another process is writing {self.path.parent} (lock {self.path} is held); "
+                "wait for it or write elsewhere with --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

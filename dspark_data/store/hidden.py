@@ -1,0 +1,226 @@
+"""Hidden-state datasets: `HiddenStateWriter` (capture side) and `open_hidden` (trainer side).
+
+A hidden-state dataset is a store dataset of kind "hidden" (see `writer.py`) whose rows are
+`id: string`, `input_ids: list<int64>` [T], `loss_mask: list<bool>` [T] and `hidden: large_binary`,
+the `[T, L, H]` bfloat16 states encoded by a codec of `codecs.py`. L and H, the layer ids (aux layers
+in recipe order, then the last layer id N when stored) and the codec live in the manifest, so a row
+does not repeat them. One sample per record batch: a trainer reading in random order touches only
+that sample's bytes. Each batch's sha256 (in the shard index) is the per-sample checksum of the
+encoded payload.
+
+    with HiddenStateWriter(out, layer_ids=[1, 3, 5, 6], hidden_size=128, codec="zstd-split",
+                           target="tiny:trained", seq_len=2048, regen_fingerprint=regen.fingerprint_hash) as w:
+        w.write(sample_id, input_ids, loss_mask, hidden)     # hidden: bf16 [T, 4, 128]
+    ds = open_hidden(out); s = ds[0]; s.hidden.shape        # (T, 4, 128)
+
+The reader is thread-safe: background decode threads may call `ds[i]` concurrently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dspark_data.store import codecs
+from dspark_data.store.manifest import StoreError
+from dspark_data.store.reader import ShardDataset, open_dataset
+from dspark_data.store.writer import ShardWriter
+from schemas.store import Manifest
+
+KIND_HIDDEN = "hidden"
+HIDDEN_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("input_ids", pa.list_(pa.int64())),
+        ("loss_mask", pa.list_(pa.bool_())),
+        ("hidden", pa.large_binary()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class HiddenSample:
+    """One conversation as the trainer sees it."""
+
+    id: str
+    input_ids: torch.Tensor  # int64 [T]
+    loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated
+    hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers in recipe order, then the last layer
+
+
+class HiddenStateWriter:
+    """Encode and append hidden-state samples; resumable like every store writer (`committed_ids`)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        layer_ids: list[int],
+        hidden_size: int,
+        codec: str,
+        target: str,
+        seq_len: int,
+        target_revision: str | None = None,
+        regen_fingerprint: str | None = None,
+        zstd_level: int = 1,
+        extra_fingerprint: dict[str, Any] | None = None,
+        producer_config: dict[str, Any] | None = None,
+        shard_bytes: int = 1 << 30,
+        overwrite: bool = False,
+        threads: int | None = None,
+    ):
+        codecs.get_codec(codec)  # unknown codec: error before touching the directory
+        self.layer_ids, self.hidden_size, self.codec = list(layer_ids), int(hidden_size), codec
+        self.level, self.threads = zstd_level, threads
+        fingerprint = {
+            "target": target,
+            "target_revision": target_revision,
+            "layer_ids": self.layer_ids,
+            "hidden_size": self.hidden_size,
+            "seq_len": seq_len,
+            "codec": codec,
+            "zstd_level": zstd_level if codec != "raw" else None,
+            "regen_fingerprint": regen_fingerprint,
+            **(extra_fingerprint or {}),
+        }
+        self.store = ShardWriter(
+            directory,
+            KIND_HIDDEN,
+            HIDDEN_SCHEMA,
+            fingerprint,
+            producer_config=producer_config,
+            shard_bytes=shard_bytes,
+            length_column="input_ids",
+            codec=codec,
+            layer_ids=self.layer_ids,
+            hidden_size=self.hidden_size,
+            overwrite=overwrite,
+        )
+
+    @property
+    def committed_ids(self) -> set[str]:
+        return self.store.committed_ids
+
+    @property
+    def error_ids(self) -> set[str]:
+        return self.store.error_ids
+
+    @property
+    def complete(self) -> bool:
+        return self.store.complete
+
+    def write(self, sample_id: str, input_ids: torch.Tensor, loss_mask: torch.Tensor, hidden: torch.Tensor) -> int:
+        """Encode and append one sample; returns its encoded payload size in bytes."""
+        t = int(input_ids.shape[0])
+        expected = (t, len(self.layer_ids), self.hidden_size)
+        if input_ids.dim() != 1 or tuple(loss_mask.shape) != (t,) or tuple(hidden.shape) != expected:
+            raise StoreError(
+                f"sample {sample_id!r}: input_ids {tuple(input_ids.shape)}, loss_mask {tuple(loss_mask.shape)}, "
+                f"hidden {tuple(hidden.shape)}; expected [T], [T], {list(expected)} (T={t})"
+            )
+        if hidden.dtype != torch.bfloat16:
+            raise StoreError(f"sample {sample_id!r}: hidden states must be bfloat16, got {hidden.dtype}")
+        payload = codecs.encode(self.codec, hidden, level=self.level, threads=self.threads)
+        ids = input_ids.detach().to("cpu", torch.int64).numpy()
+        mask = loss_mask.detach().to("cpu", torch.bool).numpy()
+        offsets = pa.array([0, t], pa.int32())
+        batch = pa.record_batch(
+            [
+                pa.array([sample_id], pa.string()),
+                pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
+                pa.ListArray.from_arrays(offsets, pa.array(mask, pa.bool_())),
+                pa.array([payload], pa.large_binary()),
+            ],
+            schema=HIDDEN_SCHEMA,
+        )
+        self.store.write_batch(batch, raw_bytes=[hidden.numel() * 2])
+        return len(payload)
+
+    def record_error(self, sample_id: str, reason: str, detail: str = "") -> None:
+        self.store.record_error(sample_id, reason, detail)
+
+    def commit(self) -> None:
+        self.store.commit()
+
+    def close(self) -> Manifest:
+        return self.store.close()
+
+    def abort(self) -> None:
+        self.store.abort()
+
+    def __enter__(self) -> HiddenStateWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.store.__exit__(exc_type, exc, tb)
+
+
+class HiddenDataset:
+    """Random access to decoded hidden-state samples: `ds[i] -> HiddenSample`. Thread-safe."""
+
+    def __init__(self, store: ShardDataset, *, threads: int | None = 1):
+        m = store.manifest
+        if m.kind != KIND_HIDDEN or m.codec is None or not m.layer_ids or not m.hidden_size:
+            raise StoreError(f"{store.directory}: not a hidden-state dataset (kind {m.kind!r}, codec {m.codec!r})")
+        codecs.get_codec(m.codec)
+        self.store, self.threads = store, threads
+        self.manifest: Manifest = m
+        self.layer_ids: list[int] = list(m.layer_ids)
+        self.hidden_size: int = int(m.hidden_size)
+        self.codec: str = m.codec
+
+    @property
+    def ids(self) -> list[str]:
+        return self.store.ids
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.store.lengths
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def index_of(self, sample_id: str) -> int:
+        return self.store.index_of(sample_id)
+
+    def tokens(self, i: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """(id, input_ids, loss_mask) of sample i without decoding its hidden states (vocab counting)."""
+        batch, r = self.store.record(i)
+        return batch.column("id")[r].as_py(), _list_tensor(batch, "input_ids", r), _list_tensor(batch, "loss_mask", r)
+
+    def __getitem__(self, i: int) -> HiddenSample:
+        batch, r = self.store.record(i)
+        sid = batch.column("id")[r].as_py()
+        input_ids = _list_tensor(batch, "input_ids", r)
+        loss_mask = _list_tensor(batch, "loss_mask", r)
+        col = batch.column("hidden")
+        offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+        payload = memoryview(col.buffers()[2])[offsets[r] : offsets[r + 1]]  # zero-copy from the memory map
+        shape = (int(input_ids.shape[0]), len(self.layer_ids), self.hidden_size)
+        try:
+            hidden = codecs.decode(self.codec, payload, shape, threads=self.threads)
+        except ValueError as exc:
+            shard = self.store.manifest.shards[self.store.shard_of(i)].file
+            raise StoreError(f"{self.store.directory}/{shard}: sample {sid!r} (row {i}): {exc}") from None
+        return HiddenSample(sid, input_ids, loss_mask, hidden)
+
+    def get(self, i: int) -> HiddenSample:
+        return self[i]
+
+
+def _list_tensor(batch: pa.RecordBatch, name: str, r: int) -> torch.Tensor:
+    values = batch.column(name)[r].values
+    if pa.types.is_boolean(values.type):
+        return torch.from_numpy(values.to_numpy(zero_copy_only=False).astype(bool, copy=False))
+    return torch.from_numpy(values.to_numpy().copy())
+
+
+def open_hidden(directory: str | Path, *, require_complete: bool = False, threads: int | None = 1) -> HiddenDataset:
+    """Open a hidden-state dataset; `threads` splits one sample's decode across cores (default 1:
+    callers decode several samples in parallel)."""
+    return HiddenDataset(open_dataset(directory, require_complete=require_complete), threads=threads)

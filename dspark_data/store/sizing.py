@@ -1,0 +1,63 @@
+"""Project the size of a hidden-state dataset before capturing it (`dspark dump-hidden --dry-run`).
+
+Why: storage is the field's main pain (10-40 TB per dataset); a user should see the bill, per codec,
+before a capture starts. The ratios below are the measured typical ratios of each codec against raw
+bf16 (see `bench/storage.py` and docs/formats/store.md); real ratios vary a few percent by model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dspark_data.store.codecs import get_codec
+
+# measured on heavy-tailed synthetic activations and on the tiny targets (zstd level 1)
+TYPICAL_RATIO: dict[str, float] = {"raw": 1.0, "zstd-split": 1.44, "fp8": 2.3}
+# per-sample bytes besides the payload: Arrow batch framing, token ids (int64), mask, index row
+PER_SAMPLE_OVERHEAD = 700
+PER_TOKEN_OVERHEAD = 9
+
+
+@dataclass(frozen=True)
+class SizeProjection:
+    codec: str
+    tokens: int
+    samples: int
+    raw_bytes: int  # bf16 hidden states: tokens * n_layers * hidden_size * 2
+    bytes: int  # projected bytes on disk
+    ratio: float  # raw_bytes / bytes
+    bytes_per_token: float
+    shards: int
+    files: int  # shards + their index files + manifest.json + errors.jsonl
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def project_size(
+    hidden_size: int,
+    n_layers: int,
+    tokens: int,
+    codec: str,
+    *,
+    samples: int = 0,
+    shard_bytes: int = 1 << 30,
+) -> SizeProjection:
+    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`."""
+    get_codec(codec)
+    raw = tokens * n_layers * hidden_size * 2
+    stored = int(raw / TYPICAL_RATIO[codec]) + samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
+    shards = max(1, math.ceil(stored / shard_bytes)) if tokens else 0
+    return SizeProjection(
+        codec=codec,
+        tokens=tokens,
+        samples=samples,
+        raw_bytes=raw,
+        bytes=stored,
+        ratio=round(raw / stored, 3) if stored else 1.0,
+        bytes_per_token=round(stored / tokens, 1) if tokens else 0.0,
+        shards=shards,
+        files=2 * shards + 2,
+    )
