@@ -1,4 +1,5 @@
-"""`dspark dump-hidden`: capture the target's hidden states into the shard store (issue #4)."""
+"""`dspark dump-hidden`: capture the target's hidden states into the shard store. Thin: flags -> recipe ->
+`dspark_data.capture.dump_hidden`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DataOpt, LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, not_built, resolve_recipe
+from cli.common import DataOpt, LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir
 
 
 def dump_hidden(
@@ -20,5 +21,24 @@ def dump_hidden(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print projected size and file count only.")] = False,
 ) -> None:
     """Run the target over regenerated conversations and store aux + last-layer hidden states."""
-    resolve_recipe(recipe, set_, seed)
-    not_built("dump-hidden", 4)
+    from dspark_data.capture import CaptureConfigError
+    from dspark_data.capture import dump_hidden as run_dump
+    from dspark_data.capture.spool import SpoolError
+    from dspark_data.store import StoreError
+
+    sets = list(set_ or []) + ([f"capture.backend={backend}"] if backend is not None else [])
+    cfg = resolve_recipe(recipe, sets, seed)
+    out_dir = stage_dir(cfg, "hidden", out)
+    try:
+        summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console)
+    except (CaptureConfigError, StoreError, SpoolError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    if dry_run:
+        return
+    state = "cached (complete, same settings)" if summary["cached"] else f"{summary['tokens_per_s']:,.0f} tok/s"
+    errors = f", {summary['errors']} errors {summary['error_counts']}" if summary["errors"] else ""
+    console.print(
+        f"dump-hidden: {summary['samples']} samples, {summary['tokens']:,} tokens, "
+        f"{summary['bytes_per_token']:,.0f} B/token ({summary['codec']}, {summary['compression_ratio']:.2f}x)"
+        f"{errors} — {state} -> {out_dir}"
+    )

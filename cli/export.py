@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import OutOpt, RecipeOpt, SetOpt, not_built, resolve_recipe
+from cli.common import OutOpt, RecipeOpt, SetOpt, console, fail, resolve_recipe, stage_dir
 
 
 def export(
@@ -16,7 +16,29 @@ def export(
     out: OutOpt = None,
     checkpoint: Annotated[Path | None, typer.Option(help="Training checkpoint dir (default: latest).")] = None,
     format_: Annotated[str, typer.Option("--format", help="dspark (default) or dflash (backbone only).")] = "dspark",
+    num_speculative_tokens: Annotated[
+        int | None, typer.Option(help="speculative_tokens written for vLLM (default: recipe eval value).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Weight dtype: bfloat16, float16 or float32.")] = "bfloat16",
+    verifier: Annotated[
+        str | None, typer.Option(help="Verifier name_or_path to record (default: the run's target).")
+    ] = None,
 ) -> None:
     """Export the trained draft in the speculators format vLLM reads."""
-    resolve_recipe(recipe, set_)
-    not_built("export", 6)
+    from dspark_train.export import export_draft
+
+    r = resolve_recipe(recipe, set_)
+    source = checkpoint or stage_dir(r, "train")
+    out_dir = stage_dir(r, "export", out)
+    try:
+        summary = export_draft(
+            source, out_dir, fmt=format_, num_speculative_tokens=num_speculative_tokens, dtype=dtype, verifier=verifier
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    state = "cached" if summary["cached"] else "exported"
+    console.print(
+        f"export {state}: {summary['format']} draft, step {summary['step']}, {summary['num_tensors']} tensors "
+        f"({summary['bytes'] / 1e6:.1f} MB), K={summary['num_speculative_tokens']}, verifier {summary['verifier']} "
+        f"-> {out_dir}"
+    )

@@ -7,9 +7,20 @@ from typing import Annotated
 
 import typer
 
-from cli.common import not_built
+from cli.common import console, fail
 
 
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/tiny.")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, e.g. runs/tiny.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output dir (default RUN_DIR/report).")] = None,
+) -> None:
     """Write report.html with PNG plots next to the run."""
-    not_built("report", 6)
+    from dspark_train.report import build_report
+
+    try:
+        summary = build_report(run_dir, out)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    if summary["missing"]:
+        console.print(f"[yellow]report: no data for {', '.join(summary['missing'])} (see the page)[/yellow]")
+    console.print(f"report -> {summary['report']}")

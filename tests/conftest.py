@@ -9,3 +9,23 @@ os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+# --- tiny targets (dspark_data/targets): built once per cache, shared by every test session ---
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_random_target() -> str:
+    """Local dir of `tiny:random` (random-init 6-layer Llama, GLM-style tokenizer); seconds to build."""
+    from dspark_data.targets import resolve_target
+
+    return resolve_target("tiny:random")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_target() -> str:
+    """Local dir of `tiny:trained` (same architecture, trained ~3 min on chat-formatted stdlib text)."""
+    from dspark_data.targets import resolve_target
+
+    return resolve_target("tiny:trained")

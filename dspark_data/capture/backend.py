@@ -1,0 +1,70 @@
+"""What every capture backend returns, and how a backend is chosen.
+
+A backend turns token-id sequences into per-sample hidden states `[T, L, H]` in stored layer order
+(`LayerPlan.stored_ids`), in the engine's dtype (bf16 for real runs; float32 makes parity tests exact),
+together with the token ids the engine actually processed, so the caller can check them.
+
+Backends stream: `capture_iter` takes (key, token ids) pairs and yields (key, Captured) as samples
+finish, in any order. The vLLM backend keeps a bounded number of requests in flight so the engine never
+waits for the writer and memory stays bounded; the transformers backend yields batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from dspark_data.capture.layers import LayerPlan
+
+
+@dataclass(frozen=True)
+class Captured:
+    """One sample's capture: the ids the engine saw and its states in stored order."""
+
+    token_ids: torch.Tensor  # (T,) int64
+    hidden: torch.Tensor  # (T, L, H)
+
+
+class CaptureBackend(Protocol):
+    """A loaded target that captures hidden states; `close()` releases the engine."""
+
+    plan: LayerPlan
+
+    def capture_iter(self, items: Iterable[tuple[str, Sequence[int]]]) -> Iterator[tuple[str, Captured]]: ...
+
+    def close(self) -> None: ...
+
+
+def capture_all(backend: CaptureBackend, seqs: Sequence[Sequence[int]]) -> list[Captured]:
+    """Capture a list of sequences and return the results in input order (tests, small jobs)."""
+    got = dict(backend.capture_iter((str(i), seq) for i, seq in enumerate(seqs)))
+    return [got[str(i)] for i in range(len(seqs))]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Engine settings taken from the recipe's `target` section (kept flat so tests can build one)."""
+
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
+    batch_size: int = 64  # samples per forward (hf) / most requests in flight (vllm)
+    in_flight_bytes: int = 4 << 30  # cap on captured-but-unread states (spool + host memory), vllm only
+
+
+def open_backend(name: str, model_path: str, plan: LayerPlan, options: EngineOptions) -> CaptureBackend:
+    """Load the target under `name` ('vllm' or 'hf'); vLLM is imported only when asked for."""
+    if name == "vllm":
+        from dspark_data.capture.vllm_backend import VllmCapture
+
+        return VllmCapture(model_path, plan, options)
+    if name == "hf":
+        from dspark_data.capture.hf_backend import HfCapture
+
+        return HfCapture(model_path, plan, options)
+    raise ValueError(f"unknown capture backend {name!r}; use 'vllm' or 'hf'")

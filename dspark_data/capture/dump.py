@@ -1,0 +1,237 @@
+"""`dspark dump-hidden`: run the target over the regen dataset and store aux + last-layer hidden states.
+
+    from dspark_data.capture import dump_hidden
+    summary = dump_hidden(recipe, Path("runs/tiny/regen"), Path("runs/tiny/hidden"))
+
+Order of work, and why:
+1. Plan the layers against the target's config.json (bad ids, size mismatches: errors before any work).
+2. Open the output through `HiddenStateWriter`: a different fingerprint (target, layers, codec, seq_len,
+   regen data, backend, engine dtype) is refused; committed and rejected ids are skipped (resume).
+3. Nothing left and the dataset closed: report `cached` without starting an engine.
+4. Otherwise start the backend, stream the remaining samples through it, check each capture
+   (`validate.py`), write it or record why not, and commit every `batch_size` samples, so a killed run
+   loses at most one batch and a rerun continues where it stopped.
+5. Close the dataset (the manifest marks it complete) and write `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dspark_data.capture.backend import EngineOptions, open_backend
+from dspark_data.capture.layers import LayerPlan, plan_layers
+from dspark_data.capture.projection import dry_run_plan, estimate_tokens, format_bytes, project
+from dspark_data.capture.validate import check_capture
+from dspark_data.store import HiddenStateWriter, open_dataset
+from dspark_data.store.files import atomic_write_bytes
+from schemas.recipe import Recipe
+
+SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One regen conversation, truncated to seq_len."""
+
+    id: str
+    input_ids: torch.Tensor  # int64 [T]
+    loss_mask: torch.Tensor  # bool [T]
+
+
+def dump_hidden(
+    recipe: Recipe,
+    data_dir: Path,
+    out_dir: Path,
+    limit: int | None = None,
+    backend: str | None = None,
+    dry_run: bool = False,
+    *,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Capture hidden states for the regen dataset at `data_dir` into `out_dir`; returns the summary."""
+    console = console or Console(stderr=True)
+    backend_name = backend or recipe.capture.backend
+    if dry_run:
+        return print_dry_run(recipe, data_dir, limit, console)
+
+    from dspark_data.targets import load_target_info, resolve_target
+
+    model_path = resolve_target(recipe.target.model)
+    info = load_target_info(model_path)
+    capture = recipe.capture
+    plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
+    regen = open_dataset(data_dir, require_complete=True)
+    selected = list(range(len(regen)))[:limit] if limit is not None else list(range(len(regen)))
+
+    started = time.monotonic()
+    writer = HiddenStateWriter(
+        out_dir,
+        layer_ids=list(plan.stored_ids),
+        hidden_size=plan.hidden_size,
+        codec=recipe.capture.codec,
+        target=recipe.target.model,
+        target_revision=recipe.target.revision,
+        seq_len=recipe.seq_len,
+        regen_fingerprint=regen.manifest.fingerprint_hash,
+        zstd_level=recipe.capture.zstd_level,
+        extra_fingerprint={"backend": backend_name, "engine_dtype": recipe.target.dtype},
+        producer_config={"capture": recipe.capture.model_dump(mode="json"), "target": recipe.target.model_dump()},
+        shard_bytes=recipe.capture.shard_bytes,
+    )
+    with writer:
+        done = writer.committed_ids | writer.error_ids
+        todo = [i for i in selected if regen.ids[i] not in done]
+        cached = not todo and writer.complete
+        stats = {"samples": 0, "tokens": 0, "errors": 0}
+        if todo:
+            options = EngineOptions(
+                dtype=recipe.target.dtype,
+                max_model_len=recipe.seq_len,
+                tensor_parallel_size=recipe.target.tensor_parallel_size,
+                gpu_memory_utilization=recipe.target.gpu_memory_utilization,
+                batch_size=recipe.capture.batch_size,
+            )
+            console.print(
+                f"dump-hidden: {len(todo)} of {len(selected)} samples to capture ({len(selected) - len(todo)} done), "
+                f"layers {list(plan.stored_ids)}, backend {backend_name}, codec {recipe.capture.codec}"
+            )
+            engine = open_backend(backend_name, model_path, plan, options)
+            try:
+                stats = _capture_into(engine, writer, plan, _samples(regen, todo, recipe.seq_len), recipe, console)
+            finally:
+                engine.close()
+        manifest = writer.close()
+
+    summary = _summary(manifest, plan, backend_name, cached, time.monotonic() - started, stats)
+    atomic_write_bytes(out_dir / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
+    if cached:
+        console.print(f"dump-hidden: {out_dir} is complete with the same settings; cached")
+    return summary
+
+
+def _samples(regen: Any, indices: list[int], seq_len: int) -> Iterator[Sample]:
+    """Regen rows in order, truncated to seq_len (read lazily: the dataset may be large)."""
+    for i in indices:
+        row = regen.row(i)
+        ids = torch.as_tensor(row["input_ids"], dtype=torch.int64)[:seq_len]
+        mask = torch.as_tensor(row["loss_mask"], dtype=torch.bool)[:seq_len]
+        yield Sample(str(row["id"]), ids, mask)
+
+
+def _capture_into(
+    engine: Any, writer: HiddenStateWriter, plan: LayerPlan, samples: Iterator[Sample], recipe: Recipe, console: Console
+) -> dict[str, int]:
+    """Stream samples through the engine into the writer, committing every batch_size samples."""
+    by_id: dict[str, Sample] = {}
+
+    def feed() -> Iterator[tuple[str, list[int]]]:
+        for sample in samples:
+            if sample.input_ids.numel() == 0:
+                writer.record_error(sample.id, "empty", "no tokens to capture")
+                continue
+            by_id[sample.id] = sample
+            yield sample.id, sample.input_ids.tolist()
+
+    stats = {"samples": 0, "tokens": 0, "errors": 0}
+    since_commit = 0
+    with _progress(console) as progress:
+        task = progress.add_task("capture", total=None, tokens_per_s=0.0)
+        started = time.monotonic()
+        for key, captured in engine.capture_iter(feed()):
+            sample = by_id.pop(key)
+            captured = type(captured)(captured.token_ids, captured.hidden.to(torch.bfloat16))
+            rejection = check_capture(sample.input_ids, captured, plan)
+            if rejection is None:
+                writer.write(sample.id, sample.input_ids, sample.loss_mask, captured.hidden)
+                stats["samples"] += 1
+                stats["tokens"] += sample.input_ids.numel()
+            else:
+                writer.record_error(sample.id, rejection.reason, rejection.detail)
+                stats["errors"] += 1
+            since_commit += 1
+            if since_commit >= recipe.capture.batch_size:
+                writer.commit()
+                since_commit = 0
+            rate = stats["tokens"] / max(time.monotonic() - started, 1e-9)
+            progress.update(task, advance=1, tokens_per_s=rate)
+    return stats
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tokens_per_s]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _summary(
+    manifest: Any, plan: LayerPlan, backend: str, cached: bool, seconds: float, stats: dict[str, int]
+) -> dict[str, Any]:
+    """Flat figures for `dspark demo`'s table, from the committed manifest (the truth) plus this run's rate."""
+    totals = manifest.totals
+    return {
+        "stage": "hidden",
+        "cached": cached,
+        "samples": totals.samples,
+        "tokens": totals.tokens,
+        "errors": totals.errors,
+        "error_counts": dict(manifest.error_counts),
+        "layer_ids": list(plan.stored_ids),
+        "hidden_size": plan.hidden_size,
+        "codec": manifest.codec,
+        "backend": backend,
+        "raw_bytes": totals.raw_bytes,
+        "stored_bytes": totals.stored_bytes,
+        "bytes_per_token": round(totals.stored_bytes / totals.tokens, 1) if totals.tokens else 0.0,
+        "compression_ratio": round(totals.raw_bytes / totals.stored_bytes, 3) if totals.stored_bytes else 0.0,
+        "run_samples": stats["samples"],
+        "run_tokens": stats["tokens"],
+        "run_errors": stats["errors"],
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(stats["tokens"] / seconds, 1) if seconds > 0 and stats["tokens"] else 0.0,
+    }
+
+
+def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Console) -> dict[str, Any]:
+    """Print the projected size and file count per codec; touch nothing."""
+    plan, source = dry_run_plan(recipe)
+    estimate = estimate_tokens(recipe, data_dir, limit)
+    projections = project(recipe, plan, estimate)
+    kind = "counted from the regen data" if estimate.exact else "upper bound: num_prompts x seq_len (no regen data yet)"
+    console.print(
+        f"dump-hidden --dry-run: target {recipe.target.model} ({plan.num_hidden_layers} layers, hidden "
+        f"{plan.hidden_size}; {source})\n  layers {list(plan.stored_ids)}: {len(plan.stored_ids)} x "
+        f"{plan.hidden_size} x 2 bytes = {plan.bytes_per_token():,} bytes/token uncompressed\n"
+        f"  {estimate.samples:,} samples, {estimate.tokens:,} tokens ({kind})"
+    )
+    for p in projections:
+        mark = " (recipe)" if p.codec == recipe.capture.codec else ""
+        console.print(
+            f"  {p.codec:<11} {format_bytes(p.bytes):>12}  {p.bytes_per_token:>10,.0f} B/token  "
+            f"ratio {p.ratio:.2f}  {p.shards:,} shards, {p.files:,} files{mark}"
+        )
+    return {
+        "stage": "hidden",
+        "dry_run": True,
+        "layer_ids": list(plan.stored_ids),
+        "hidden_size": plan.hidden_size,
+        "bytes_per_token_raw": plan.bytes_per_token(),
+        "samples": estimate.samples,
+        "tokens": estimate.tokens,
+        "tokens_exact": estimate.exact,
+        "projections": [p.to_dict() for p in projections],
+    }

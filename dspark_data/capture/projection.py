@@ -1,0 +1,85 @@
+"""`dspark dump-hidden --dry-run`: the storage bill per codec, before any capture work.
+
+Why: a GLM-5.2 capture at the seed recipe stores 6 layers x 6144 x 2 bytes = 73,728 bytes per token
+uncompressed (~15 TB for 50k conversations of 4k tokens); that should be read before starting, not
+discovered on a full disk. Token counts come from the regen dataset when it exists (truncated to
+seq_len), otherwise an upper bound of num_prompts x seq_len. The target's shape comes from its
+config.json; for the GLM-5 family a published shape is used when the config is not available offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dspark_data.capture.layers import GLM5_HIDDEN_SIZE, GLM5_NUM_HIDDEN_LAYERS, LayerPlan, plan_layers
+from dspark_data.store import CODECS, SizeProjection, open_dataset, project_size
+from schemas.recipe import Recipe
+
+# Published shapes used only when a hub target's config.json is not cached locally (dry runs offline).
+KNOWN_SHAPES: dict[str, tuple[int, int]] = {"zai-org/GLM-5": (GLM5_NUM_HIDDEN_LAYERS, GLM5_HIDDEN_SIZE)}
+
+
+@dataclass(frozen=True)
+class TokenEstimate:
+    samples: int
+    tokens: int
+    exact: bool  # counted from the regen dataset (else an upper bound from the recipe)
+
+
+def target_shape(model: str) -> tuple[int, int, str]:
+    """(num_hidden_layers, hidden_size, where it came from) of a recipe's target."""
+    from dspark_data.targets import load_target_info, resolve_target
+
+    try:
+        info = load_target_info(resolve_target(model))
+        return info.num_hidden_layers, info.hidden_size, "config.json"
+    except FileNotFoundError:
+        for prefix, (layers, hidden) in KNOWN_SHAPES.items():
+            if model.startswith(prefix):
+                return layers, hidden, f"published {prefix} shape (config.json not available offline)"
+        raise
+
+
+def estimate_tokens(recipe: Recipe, data_dir: Path, limit: int | None) -> TokenEstimate:
+    """Tokens the capture will store: exact from the regen dataset, else num_prompts x seq_len."""
+    if (data_dir / "manifest.json").is_file():
+        lengths = open_dataset(data_dir).lengths
+        if limit is not None:
+            lengths = lengths[:limit]
+        return TokenEstimate(len(lengths), int(lengths.clip(max=recipe.seq_len).sum()), exact=True)
+    samples = recipe.prompts.num_prompts or 0
+    if limit is not None:
+        samples = min(samples, limit) if samples else limit
+    return TokenEstimate(samples, samples * recipe.seq_len, exact=False)
+
+
+def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate) -> list[SizeProjection]:
+    """One projection per codec (the recipe's first), for the estimated tokens."""
+    names = [recipe.capture.codec] + [c for c in CODECS if c != recipe.capture.codec]
+    return [
+        project_size(
+            plan.hidden_size,
+            len(plan.stored_ids),
+            estimate.tokens,
+            codec,
+            samples=estimate.samples,
+            shard_bytes=recipe.capture.shard_bytes,
+        )
+        for codec in names
+    ]
+
+
+def dry_run_plan(recipe: Recipe) -> tuple[LayerPlan, str]:
+    """The layer plan checked against the target's shape, and where that shape came from."""
+    layers, hidden, source = target_shape(recipe.target.model)
+    plan = plan_layers(recipe.capture.aux_layers, recipe.capture.include_last_layer, layers, hidden)
+    return plan, source
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n):,} B"
+        n /= 1024
+    return f"{n:,.1f} PiB"

@@ -1,0 +1,160 @@
+"""The vLLM capture backend: the target under vLLM, states copied out by dspark's KV connector.
+
+Engine settings and why:
+- `speculative_config`: method `extract_hidden_states`, `num_speculative_tokens` 1 (the only value the
+  proposer accepts), `draft_model_config.hf_config.eagle_aux_hidden_state_layer_ids` = our stored ids
+  (vLLM convention, passed unchanged; vLLM sorts and deduplicates them).
+- `kv_transfer_config`: our connector (`dspark_data.capture.connector`), `kv_producer`, spool dir in
+  `kv_connector_extra_config`.
+- `enable_prefix_caching=False`: a cached prefix is not recomputed, so its slots would hold another
+  request's states (or none) and the capture would come back short.
+- Each sample is a token-id prompt generating one token: the prefill computes all T positions, and the
+  one sampled token is never fed back, so exactly the T prompt positions are captured.
+
+Scripts that create this backend must run under `if __name__ == "__main__":` (vLLM spawns processes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dspark_data.capture.backend import Captured, EngineOptions
+from dspark_data.capture.layers import LayerPlan, check_hidden_size
+from dspark_data.capture.spool import SpoolError, default_spool_root, take_record
+from dspark_data.capture.vllm_limits import check_vllm_support
+from dspark_data.targets import load_target_info
+
+CONNECTOR_MODULE = "dspark_data.capture.connector"
+CONNECTOR_CLASS = "DsparkHiddenStatesConnector"
+SPOOL_TIMEOUT_S = 300.0
+
+
+def vllm_platform() -> str:
+    """'cuda', 'rocm', 'xpu' or 'cpu': which model implementations vLLM will pick."""
+    from vllm.platforms import current_platform
+
+    for name in ("rocm", "cuda", "xpu", "cpu"):
+        if getattr(current_platform, f"is_{name}")():
+            return name
+    return str(current_platform.device_type)
+
+
+def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spool_dir: Path) -> dict[str, Any]:
+    """The `vllm.LLM` keyword arguments for a capture engine (separate so tests and docs can show them)."""
+    return {
+        "model": model_path,
+        "dtype": options.dtype,
+        # one sampled token plus the speculative slot beyond the longest prompt
+        "max_model_len": options.max_model_len + 2,
+        "tensor_parallel_size": options.tensor_parallel_size,
+        "gpu_memory_utilization": options.gpu_memory_utilization,
+        # CPU: torch.compile costs ~2 min of start-up for no gain on small targets
+        "enforce_eager": options.enforce_eager if options.enforce_eager is not None else vllm_platform() == "cpu",
+        "enable_prefix_caching": False,
+        "speculative_config": {
+            "method": "extract_hidden_states",
+            "num_speculative_tokens": 1,
+            "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": list(plan.engine_ids)}},
+        },
+        "kv_transfer_config": {
+            "kv_connector": CONNECTOR_CLASS,
+            "kv_connector_module_path": CONNECTOR_MODULE,
+            "kv_role": "kv_producer",
+            "kv_connector_extra_config": {"spool_dir": str(spool_dir)},
+        },
+    }
+
+
+class VllmCapture:
+    """A vLLM engine whose every request hands its hidden states to us through the spool."""
+
+    def __init__(self, model_path: str, plan: LayerPlan, options: EngineOptions, spool_root: Path | None = None):
+        from vllm import LLM, SamplingParams
+
+        self.plan = plan
+        self._perm = plan.engine_permutation()
+        check_vllm_support(
+            load_target_info(model_path).architectures, plan, options.tensor_parallel_size, vllm_platform()
+        )
+        self.spool_dir = Path(tempfile.mkdtemp(prefix="dspark-spool-", dir=spool_root or default_spool_root()))
+        self._sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        self._ids = itertools.count()
+        self.max_requests = options.batch_size
+        engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
+        self.max_tokens = max(1, options.in_flight_bytes // engine_bytes)
+        try:
+            self.llm = LLM(**engine_kwargs(model_path, plan, options, self.spool_dir))
+        except BaseException:
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
+            raise
+        model_config = self.llm.llm_engine.model_config
+        check_hidden_size(plan, int(model_config.get_hidden_size()), f"vLLM's model config of {model_path}")
+        layers = int(model_config.get_total_num_hidden_layers())
+        if layers != plan.num_hidden_layers:
+            raise ValueError(
+                f"vLLM loaded {layers} layers from {model_path}; the plan expects {plan.num_hidden_layers}"
+            )
+
+    def capture_iter(self, items: Iterable[tuple[str, Sequence[int]]]) -> Iterator[tuple[str, Captured]]:
+        """Stream requests through the engine and yield captures as they finish (completion order).
+
+        At most `batch_size` requests and `in_flight_bytes` of states are in flight, so the engine always
+        has queued work while we write, and the spool never holds more than that budget.
+        """
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        pending = iter(items)
+        in_flight: dict[str, tuple[str, int]] = {}  # request id -> (key, tokens)
+        exhausted = False
+
+        def refill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(in_flight) < self.max_requests:
+                tokens_in_flight = sum(n for _, n in in_flight.values())
+                if in_flight and tokens_in_flight >= self.max_tokens:
+                    return
+                nxt = next(pending, None)
+                if nxt is None:
+                    exhausted = True
+                    return
+                key, seq = nxt
+                request_id = f"dspark-{next(self._ids)}"
+                engine.add_request(request_id, TokensPrompt(prompt_token_ids=[int(t) for t in seq]), self._sampling)
+                in_flight[request_id] = (key, len(seq))
+
+        refill()
+        while in_flight:
+            for out in engine.step():
+                if not out.finished:
+                    continue
+                key, _ = in_flight.pop(out.request_id)
+                yield key, self._collect(out)
+            refill()
+
+    def _collect(self, out: Any) -> Captured:
+        """Read (and delete) a finished request's spool file; permute layers to stored order."""
+        params = out.kv_transfer_params or {}
+        if "hidden_states_path" not in params:
+            raise SpoolError(f"request {out.request_id} came back without a capture; is the connector loaded?")
+        record = take_record(Path(params["hidden_states_path"]), timeout_s=SPOOL_TIMEOUT_S)
+        if record.layer_ids != self.plan.engine_ids:
+            raise SpoolError(f"engine captured layers {record.layer_ids}, expected {self.plan.engine_ids}")
+        return Captured(token_ids=record.token_ids, hidden=record.hidden[:, self._perm])
+
+    def close(self) -> None:
+        """Stop the engine processes and remove the spool."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine_core = getattr(llm.llm_engine, "engine_core", None)
+            if engine_core is not None:
+                engine_core.shutdown()
+            del self.llm
+        shutil.rmtree(self.spool_dir, ignore_errors=True)

@@ -1,0 +1,136 @@
+"""The in-process vLLM engine backend (`--backend vllm`).
+
+Why not call `LLM.chat(all prompts)` directly: it returns only when every prompt is done, so nothing
+could be committed (and a kill would lose everything) until the end, and multi-turn conversations
+would wait for the slowest conversation of the batch at each turn. `LLM.chat` is `enqueue_chat` + a
+loop over `llm_engine.step()`; this backend runs the same two pieces itself, so it batches exactly like
+`LLM.chat` (all queued requests are scheduled together) while handing out each request as it
+finishes. The engine must be started in a `__main__`-guarded script (vLLM spawns processes).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
+
+log = logging.getLogger(__name__)
+
+
+def start_engine(
+    target_path: str,
+    *,
+    revision: str | None = None,
+    dtype: str = "bfloat16",
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    seed: int = 0,
+    enforce_eager: bool | None = None,
+    **extra: Any,
+) -> Any:
+    """Start a `vllm.LLM` on the target. `enforce_eager=None`: eager on CPU (torch.compile start-up costs
+    minutes there and buys nothing for small models), vLLM's default elsewhere."""
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    if enforce_eager is None:
+        enforce_eager = current_platform.is_cpu()
+    kwargs: dict[str, Any] = dict(
+        model=target_path,
+        revision=revision,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        seed=seed,
+        enforce_eager=enforce_eager,
+    )
+    if not current_platform.is_cpu():
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    kwargs.update(extra)
+    return LLM(**kwargs)
+
+
+def _external_id(internal_id: str) -> str:
+    """The id finished outputs carry: vLLM appends "-<8 random chars>" to the LLM's counter id on add
+    (`InputProcessor.assign_request_id`); the counter id itself never contains "-"."""
+    return internal_id.split("-", 1)[0]
+
+
+class VllmEngineBackend:
+    """Queue requests into a `vllm.LLM` and step it, returning requests as they finish."""
+
+    def __init__(self, llm: Any, owns_engine: bool = False):
+        from vllm import SamplingParams
+
+        self.llm, self.owns_engine = llm, owns_engine
+        self._SamplingParams = SamplingParams
+        self._pending: dict[str, tuple[str, TurnRequest]] = {}  # external id -> (internal id, request)
+        self._failed: list[TurnFailure] = []
+
+    def _params(self, req: TurnRequest) -> Any:
+        return self._SamplingParams(**req.params)
+
+    def submit(self, requests: list[TurnRequest]) -> None:
+        if not requests:
+            return
+        try:
+            ids = self.llm.enqueue_chat(
+                [r.messages for r in requests], [self._params(r) for r in requests], use_tqdm=False
+            )
+        except Exception:  # noqa: BLE001 - one bad conversation must not sink the batch: retry one by one
+            ids = None
+        if ids is not None:
+            for rid, req in zip(ids, requests, strict=True):
+                self._pending[_external_id(rid)] = (rid, req)
+            return
+        for req in requests:
+            try:
+                (rid,) = self.llm.enqueue_chat([req.messages], [self._params(req)], use_tqdm=False)
+            except Exception as exc:  # noqa: BLE001 - e.g. the chat template raising on this conversation
+                self._failed.append(
+                    TurnFailure(req.sample_id, req.turn, "render_failed", f"{type(exc).__name__}: {exc}")
+                )
+                continue
+            self._pending[_external_id(rid)] = (rid, req)
+
+    def poll(self) -> list[TurnResult | TurnFailure]:
+        out: list[TurnResult | TurnFailure] = list(self._failed)
+        self._failed.clear()
+        engine = self.llm.llm_engine
+        while not out and self._pending and engine.has_unfinished_requests():
+            for output in engine.step():
+                if not output.finished:
+                    continue
+                entry = self._pending.pop(output.request_id, None)
+                if entry is None:
+                    log.warning("engine returned unknown request id %s", output.request_id)
+                    continue
+                req = entry[1]
+                completion = output.outputs[0]
+                out.append(
+                    TurnResult(
+                        req.sample_id,
+                        req.turn,
+                        list(output.prompt_token_ids or []),
+                        list(completion.token_ids),
+                        str(completion.finish_reason),
+                    )
+                )
+        if not out and self._pending and not engine.has_unfinished_requests():
+            for _, req in self._pending.values():  # the engine dropped them (should not happen): report, never hang
+                out.append(TurnFailure(req.sample_id, req.turn, "engine_lost_request", "engine has no such request"))
+            self._pending.clear()
+        return out
+
+    def close(self) -> None:
+        """Drop pending requests; shut the engine down if this backend started it (frees its memory now)."""
+        if self._pending:
+            self.llm.llm_engine.abort_request([rid for rid, _ in self._pending.values()], internal=True)
+            self._pending.clear()
+        if self.owns_engine:
+            try:
+                self.llm.llm_engine.engine_core.shutdown()
+            except Exception as exc:  # noqa: BLE001 - best effort at exit
+                log.warning("vLLM engine shutdown: %s", exc)

@@ -1,0 +1,213 @@
+"""Training checkpoints: one directory per step, written atomically, enough to resume bit-exactly.
+
+Layout of `<train dir>/checkpoints/step-000100/`:
+- `model.safetensors`      fp32 master weights (full, unsharded; frozen target-derived tensors that the
+                           trainer rebuilds from the target are left out, see `Checkpointer(skip=...)`)
+- `optimizer.safetensors`  AdamW tensors keyed `state/<param name>/<key>` (exp_avg, exp_avg_sq, step)
+- `optimizer.json`         param groups (hyper-parameters, parameter names): the scalars
+- `rng-rank00000.safetensors`  per-rank torch RNG states (CPU, and CUDA when present)
+- `state.json`             step, world size, loader and lr-schedule state, counters, fingerprints,
+                           the draft architecture
+- `recipe.json`            the resolved recipe the run was started with
+
+Atomicity: everything is written into `.tmp-step-000100/`, fsynced, then renamed to its final name; the
+`latest` pointer file (the step directory's name) is replaced last. A run killed at any instant leaves
+either the previous `latest` or the new one, never a half-written checkpoint that `latest` names. Only
+safetensors and JSON are written, and nothing is unpickled on load.
+
+Distributed: model and optimizer state are gathered to full tensors with
+`torch.distributed.checkpoint.state_dict` (works for plain modules, DDP and FSDP2 alike); rank 0 writes
+them, every rank writes its RNG file, and every rank reads the full files back on resume (the
+checkpoint directory must be on storage all ranks see).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from dspark_data.store.files import atomic_write_bytes, fsync_dir
+
+LATEST = "latest"
+_TMP = ".tmp-"
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that cannot be resumed by this run (world size, model shape)."""
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch RNG states (the draft has no dropout today; kept so sampling ops stay exact)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def flatten_optimizer(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an FQN-keyed optimizer state dict into tensors (safetensors) and scalars (JSON)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for name, entry in osd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state/{name}/{key}"] = value
+            else:
+                scalars.setdefault(name, {})[key] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalar_state": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {}
+    for flat, value in tensors.items():
+        _, rest = flat.split("/", 1)
+        name, key = rest.rsplit("/", 1)
+        state.setdefault(name, {})[key] = value
+    for name, entry in meta.get("scalar_state", {}).items():
+        state.setdefault(name, {}).update(entry)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+class Checkpointer:
+    """Save and restore checkpoints under `<train dir>/checkpoints/`."""
+
+    def __init__(self, train_dir: Path, *, rank: int = 0, world_size: int = 1, skip: Iterable[str] = ()) -> None:
+        self.dir = Path(train_dir) / "checkpoints"
+        self.rank = rank
+        self.world_size = world_size
+        self.skip = frozenset(skip)  # model keys not written (rebuilt from the target on load)
+
+    # --- discovery ---
+    def latest(self) -> Path | None:
+        """The directory `latest` names, or None when there is no complete checkpoint."""
+        pointer = self.dir / LATEST
+        if not pointer.is_file():
+            return None
+        path = self.dir / pointer.read_text().strip()
+        return path if (path / "state.json").is_file() else None
+
+    @staticmethod
+    def read_state(path: Path) -> dict[str, Any]:
+        return json.loads((path / "state.json").read_text())
+
+    @staticmethod
+    def read_recipe(path: Path) -> dict[str, Any]:
+        return json.loads((path / "recipe.json").read_text())
+
+    # --- save ---
+    def save(
+        self,
+        step: int,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        recipe: dict[str, Any],
+    ) -> Path:
+        """Write checkpoint `step` (collective: every rank must call it) and point `latest` at it."""
+        from torch.distributed.checkpoint.state_dict import (  # 2 s to import: only when saving
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)  # collective under FSDP
+        osd = get_optimizer_state_dict(model, optimizer, options=options)
+        final = self.dir / step_name(step)
+        tmp = self.dir / f"{_TMP}{step_name(step)}"
+        if self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt killed mid-write
+            tmp.mkdir()
+        _barrier()
+        _save_tensors(rng_state(), tmp / f"rng-rank{self.rank:05d}.safetensors")
+        if self.rank == 0:
+            _save_tensors({k: v for k, v in weights.items() if k not in self.skip}, tmp / "model.safetensors")
+            opt_tensors, opt_meta = flatten_optimizer(osd)
+            _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+            _write_json(tmp / "optimizer.json", opt_meta)
+            _write_json(tmp / "recipe.json", recipe)
+            _write_json(tmp / "state.json", {**state, "step": step, "world_size": self.world_size})
+        _barrier()
+        if self.rank == 0:
+            fsync_dir(tmp)
+            if final.exists():  # the same step saved again (e.g. a resumed run's final save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(self.dir)
+            atomic_write_bytes(self.dir / LATEST, (final.name + "\n").encode())
+        _barrier()
+        return final
+
+    # --- load ---
+    def load(self, path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Restore weights, optimizer and this rank's RNG from `path`; return its state.json."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        state = self.read_state(path)
+        if int(state["world_size"]) != self.world_size:
+            raise CheckpointMismatch(
+                f"checkpoint {path} was written by {state['world_size']} ranks, this run has {self.world_size}: "
+                "resume with the same --nproc-per-node (and nodes), or start a new run with --out"
+            )
+        weights = load_file(str(path / "model.safetensors"))
+        expected = set(get_model_state_dict(model).keys()) - self.skip
+        missing, unexpected = expected - set(weights), set(weights) - expected
+        if missing or unexpected:
+            raise CheckpointMismatch(
+                f"checkpoint {path} does not fit the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        opt_meta = json.loads((path / "optimizer.json").read_text())
+        osd = unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), opt_meta)
+        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+        rng_file = path / f"rng-rank{self.rank:05d}.safetensors"
+        set_rng_state(load_file(str(rng_file)))
+        return state

@@ -1,0 +1,108 @@
+"""Refuse data that does not fit the recipe and target, with a message naming the mismatch.
+
+Training on hidden states captured at other layers, from a target of another width, or with a draft
+vocab built for another tokenizer would run without error and learn garbage; these checks run before
+any model is built. They also map the recipe's layers onto the dataset's stored layer axis, so a
+dataset that stores extra layers still works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dspark_train.data.source import HiddenSource
+
+
+class DataMismatch(ValueError):
+    """The data (hidden states or vocab) was produced for another recipe or target."""
+
+
+@dataclass(frozen=True)
+class LayerSlots:
+    aux: tuple[int, ...]  # stored-axis positions of the recipe's aux layers, in recipe order
+    last: int  # stored-axis position of the last layer id N
+
+
+def layer_slots(stored: Sequence[int], aux_layers: Sequence[int], num_target_layers: int, where: str) -> LayerSlots:
+    """Where the recipe's aux layers and the last layer N sit on the dataset's layer axis."""
+    stored = list(stored)
+    missing = [layer for layer in aux_layers if layer not in stored]
+    if missing:
+        raise DataMismatch(
+            f"hidden-state data {where} stores layer ids {stored}, but the recipe's capture.aux_layers="
+            f"{list(aux_layers)} needs {missing}: re-run `dspark dump-hidden` with this recipe, or set "
+            f"capture.aux_layers to layers the data has"
+        )
+    if num_target_layers not in stored:
+        raise DataMismatch(
+            f"hidden-state data {where} stores layer ids {stored} without the target's last layer "
+            f"{num_target_layers} (needed for the loss targets): capture with capture.include_last_layer=true "
+            f"from a target with {num_target_layers} layers"
+        )
+    return LayerSlots(tuple(stored.index(layer) for layer in aux_layers), stored.index(num_target_layers))
+
+
+def check_hidden(source: HiddenSource, *, hidden_size: int, vocab_size: int, where: str, probe: int = 4) -> None:
+    """Hidden size and token ids (of the first `probe` samples) must fit the target."""
+    if source.info.hidden_size != hidden_size:
+        raise DataMismatch(
+            f"hidden-state data {where} has hidden size {source.info.hidden_size}, but the target has "
+            f"hidden_size={hidden_size}: the data was captured from another target"
+        )
+    for i in range(min(probe, len(source))):
+        s = source.get(i)
+        if s.hidden.shape[-1] != hidden_size or s.hidden.shape[1] != len(source.info.layer_ids):
+            raise DataMismatch(f"sample {s.id} of {where} has hidden shape {tuple(s.hidden.shape)}, "
+                               f"expected (T, {len(source.info.layer_ids)}, {hidden_size})")
+        top = int(s.input_ids.max()) if s.input_ids.numel() else -1
+        if top >= vocab_size:
+            raise DataMismatch(
+                f"sample {s.id} of {where} has token id {top} >= the target's vocab_size={vocab_size}: "
+                "the data was tokenized for another target"
+            )
+
+
+@dataclass(frozen=True)
+class DraftVocab:
+    t2d: torch.Tensor  # bool (V,)
+    d2t: torch.Tensor  # int64 (D,)
+    fingerprint: str  # sha256 (16 hex) of the vocab file, "full" when the whole target vocab is used
+
+
+def load_vocab(path: Path | None, *, target_vocab_size: int, draft_vocab_size: int) -> DraftVocab:
+    """Read `vocab.safetensors` (from `dspark vocab`) and check it against the target and recipe.
+
+    Without a file, a draft vocab as large as the target's is the identity (every id kept).
+    """
+    if path is None:
+        if draft_vocab_size != target_vocab_size:
+            raise DataMismatch(
+                f"no draft vocab file, but vocab.draft_vocab_size={draft_vocab_size} is smaller than the target's "
+                f"{target_vocab_size}: run `dspark vocab` first or pass its vocab.safetensors"
+            )
+        return DraftVocab(
+            torch.ones(target_vocab_size, dtype=torch.bool), torch.zeros(target_vocab_size, dtype=torch.long), "full"
+        )
+    tensors = load_file(str(path))
+    t2d, d2t = tensors["t2d"].bool(), tensors["d2t"].long()
+    if t2d.numel() != target_vocab_size:
+        raise DataMismatch(
+            f"draft vocab {path} covers a target vocab of {t2d.numel()} ids, but the target has "
+            f"vocab_size={target_vocab_size}: rebuild it with `dspark vocab` for this target"
+        )
+    if d2t.numel() != draft_vocab_size or int(t2d.sum()) != draft_vocab_size:
+        raise DataMismatch(
+            f"draft vocab {path} has {d2t.numel()} entries, but the recipe asks vocab.draft_vocab_size="
+            f"{draft_vocab_size}: rebuild it with `dspark vocab --size {draft_vocab_size}` or change the recipe"
+        )
+    expected = t2d.nonzero().squeeze(-1) - torch.arange(draft_vocab_size)
+    if not torch.equal(expected, d2t):
+        raise DataMismatch(f"draft vocab {path}: d2t does not agree with t2d (corrupt or foreign file)")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return DraftVocab(t2d, d2t, digest)

@@ -1,0 +1,158 @@
+"""What the data pipeline reads: a random-access collection of hidden-state samples.
+
+The trainer never depends on the store's classes directly; it reads through `HiddenSource`, a small
+Protocol the store's `open_hidden(dir)` dataset satisfies through `StoreSource` below. Tests and the
+benchmark use `SyntheticHiddenSource` (random tensors, no disk) so the pipeline can be checked without
+a captured dataset.
+
+Sample layout (see docs/architecture.md, "Store"): `input_ids int64 [T]`, `loss_mask bool [T]`,
+`hidden bfloat16 [T, L, H]` with L = the aux layers in recipe order, then the last layer id N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from dspark_data.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class HiddenSample:
+    """One conversation as the trainer sees it."""
+
+    id: str
+    input_ids: torch.Tensor  # int64 [T]
+    loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated (assistant turns)
+    hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers, then the last layer
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the trainer checks a dataset against before training (see `trainer.check_data`)."""
+
+    layer_ids: list[int]
+    hidden_size: int
+    fingerprint: str
+    target: str | None = None  # the target spec the data was captured from, when recorded
+
+
+@runtime_checkable
+class HiddenSource(Protocol):
+    """Random access over samples; `ids` and `lengths` must be cheap (no payload decode)."""
+
+    info: SourceInfo
+
+    def __len__(self) -> int: ...
+
+    @property
+    def ids(self) -> Sequence[str]: ...
+
+    @property
+    def lengths(self) -> Sequence[int]: ...
+
+    def get(self, index: int) -> HiddenSample: ...
+
+
+class StoreSource:
+    """Adapter from the store's hidden-state dataset (`dspark_data.store.open_hidden`) to `HiddenSource`."""
+
+    def __init__(self, dataset: Any) -> None:
+        self._ds = dataset
+        manifest = dataset.manifest
+        self.info = SourceInfo(
+            layer_ids=list(manifest.layer_ids or []),
+            hidden_size=int(manifest.hidden_size or 0),
+            fingerprint=str(manifest.fingerprint_hash),
+            target=(manifest.fingerprint or {}).get("target"),
+        )
+        self._ids = list(dataset.ids)
+        self._lengths = [int(n) for n in dataset.lengths]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return self._ids
+
+    @property
+    def lengths(self) -> Sequence[int]:
+        return self._lengths
+
+    def get(self, index: int) -> HiddenSample:
+        s = self._ds[index]
+        return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden)
+
+
+def open_source(path: str | Path) -> HiddenSource:
+    """Open a hidden-state dataset directory written by `dspark dump-hidden`."""
+    from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
+    from dspark_data.stream.cache import is_cache, open_cache
+
+    if is_cache(Path(path)):  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
+        return StoreSource(open_cache(Path(path)))
+    return StoreSource(open_hidden(Path(path)))
+
+
+class SyntheticHiddenSource:
+    """Deterministic random samples in memory: tests and the trainer benchmark without captured data.
+
+    Each sample is a pure function of (seed, index), so two instances built alike are identical. Hidden
+    states are random bf16; the last layer is a fixed random projection of the token's embedding so a
+    draft can actually learn something from it (the loss goes down).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        layer_ids: Sequence[int],
+        hidden_size: int,
+        vocab_size: int,
+        min_len: int = 16,
+        max_len: int = 64,
+        prompt_frac: float = 0.25,
+        seed: int = 0,
+    ) -> None:
+        self.info = SourceInfo(
+            layer_ids=list(layer_ids),
+            hidden_size=hidden_size,
+            fingerprint=f"synthetic-{seed}-{num_samples}-{min_len}-{max_len}-{hidden_size}-{vocab_size}",
+        )
+        self.vocab_size = vocab_size
+        self.prompt_frac = prompt_frac
+        self.seed = seed
+        self._ids = [f"syn-{seed}-{i:06d}" for i in range(num_samples)]
+        rng = torch.Generator().manual_seed(derive_seed(seed, "synthetic-lengths"))
+        self._lengths = torch.randint(min_len, max_len + 1, (num_samples,), generator=rng).tolist()
+        emb = torch.Generator().manual_seed(derive_seed(seed, "synthetic-embedding"))
+        n_layers = len(layer_ids)
+        self._table = torch.randn(vocab_size, n_layers, hidden_size, generator=emb)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return self._ids
+
+    @property
+    def lengths(self) -> Sequence[int]:
+        return self._lengths
+
+    def get(self, index: int) -> HiddenSample:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "synthetic-sample", index))
+        t = self._lengths[index]
+        # A learnable sequence: a random walk over token ids with small steps.
+        steps = torch.randint(-3, 4, (t,), generator=g)
+        start = torch.randint(0, self.vocab_size, (1,), generator=g)
+        input_ids = (start + steps.cumsum(0)) % self.vocab_size
+        loss_mask = torch.zeros(t, dtype=torch.bool)
+        loss_mask[max(1, int(t * self.prompt_frac)) :] = True
+        hidden = self._table[input_ids] + 0.1 * torch.randn(t, *self._table.shape[1:], generator=g)
+        return HiddenSample(self._ids[index], input_ids.long(), loss_mask, hidden.to(torch.bfloat16))

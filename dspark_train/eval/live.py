@@ -1,0 +1,60 @@
+"""`dspark eval --server URL`: every (prompt set, mode) measured on a live vLLM server, written like offline.
+
+Results go to `<eval dir>/vllm/` in the offline layout (`results.json`, `acceptance.md`, `summary.json`), so
+`dspark report` can put vLLM's figures next to the offline ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dspark_train.eval.offline import MODES, write_outputs
+from dspark_train.eval.prompts import load_prompt_set
+from dspark_train.eval.server import measure_server, served_model
+
+LIVE_SUBDIR = "vllm"
+
+
+@dataclass
+class LiveOptions:
+    url: str
+    out_dir: Path
+    prompt_sets: list[str] = field(default_factory=lambda: ["code", "math"])
+    modes: list[str] = field(default_factory=lambda: ["greedy", "sampled"])
+    num_prompts: int | None = None
+    max_new_tokens: int = 1024
+    concurrency: int = 16
+    seed: int | None = 0
+    timeout_s: float = 600.0
+
+
+def run_live_eval(opts: LiveOptions) -> dict[str, Any]:
+    """Measure each set and mode from counter deltas; write `<out>/vllm/`; return the flat summary."""
+    model = served_model(opts.url)
+    summary: dict[str, Any] = {"cached": False, "server": opts.url, "model": model,
+                               "max_new_tokens": opts.max_new_tokens}
+    results: dict[str, dict[str, Any]] = {}
+    for spec in opts.prompt_sets:
+        pset = load_prompt_set(spec, opts.num_prompts)
+        for mode in opts.modes:
+            params = MODES[mode]
+            run = measure_server(
+                opts.url, pset.conversations, max_tokens=opts.max_new_tokens, temperature=params.temperature,
+                top_p=params.top_p, concurrency=opts.concurrency, timeout=opts.timeout_s, model=model, seed=opts.seed,
+            )
+            if run.num_failed:
+                summary[f"{pset.name}_{mode}_failed_requests"] = run.num_failed
+            results.setdefault(pset.name, {})[mode] = {
+                "counts": run.counts.to_json(),
+                "num_prompts": run.num_requests,
+                "failed": run.num_failed,
+                "generated_tokens": run.completion_tokens,
+                "seconds": round(run.seconds, 2),
+            }
+            summary[f"{pset.name}_{mode}_avg_length"] = round(run.counts.avg_length(), 4)
+            for j, rate in enumerate(run.counts.per_position(), 1):
+                summary[f"{pset.name}_{mode}_pos{j}"] = round(rate, 4)
+    write_outputs(Path(opts.out_dir) / LIVE_SUBDIR, summary, results, opts.modes)
+    return summary

@@ -1,0 +1,131 @@
+"""`dspark eval --draft DIR`: offline acceptance of an exported draft, per prompt set, greedy and sampled.
+
+The draft is loaded from the export directory (what vLLM serves), the target with transformers; each
+prompt is rendered with the target's chat template as one user turn (what the chat endpoint does) and
+decoded with `speculate`. Results are vLLM-shaped counters, so the tables compare directly with
+`dspark eval --server` and with the seed card.
+
+Outputs in the eval directory: `summary.json` (flat: `<set>_<greedy|sampled>_avg_length`,
+`..._pos<i>`), `acceptance.md` (the seed card's tables), `results.json` (raw counters and confidence
+calibration per set and mode, read by `dspark report`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+
+from dspark_data.seeding import derive_seed
+from dspark_data.store.files import atomic_write_bytes
+from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
+from dspark_train.eval.prompts import load_prompt_set
+from dspark_train.eval.speculative import Calibration, SamplingParams, speculate
+from dspark_train.eval.target import HfTarget
+from dspark_train.export.load import load_export
+
+MODES = {
+    "greedy": SamplingParams(temperature=0.0),
+    "sampled": SamplingParams(temperature=1.0, top_p=0.95),  # the seed card's "default sampling"
+}
+MODE_TITLES = {"greedy": "Greedy (temperature=0)", "sampled": "Default sampling (temperature=1.0, top_p=0.95)"}
+
+
+@dataclass
+class EvalOptions:
+    draft_dir: Path
+    out_dir: Path
+    prompt_sets: list[str] = field(default_factory=lambda: ["code", "math"])
+    modes: list[str] = field(default_factory=lambda: ["greedy", "sampled"])
+    num_prompts: int | None = None
+    max_new_tokens: int = 256
+    num_speculative_tokens: int | None = None  # default: the export's proposal method
+    target: str | None = None  # default: the export's verifier
+    dtype: str = "bfloat16"
+    draft_sampling: str = "probabilistic"
+    seed: int = 0
+    num_threads: int | None = None  # torch CPU threads; 1 is fastest for tiny models on a busy machine
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Token ids of a conversation plus the generation prompt, as vLLM's chat endpoint renders it."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return [int(t) for t in out]
+
+
+def eos_ids(path: str, tokenizer: Any) -> set[int]:
+    """Stop tokens vLLM uses: generation_config's eos ids plus the tokenizer's eos."""
+    ids: set[int] = set()
+    try:
+        gen = GenerationConfig.from_pretrained(path)
+        eos = gen.eos_token_id
+        ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    except OSError:
+        pass
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
+    """Evaluate every (prompt set, mode); write the outputs; return the flat summary."""
+    if opts.num_threads:
+        torch.set_num_threads(opts.num_threads)
+    loaded = load_export(opts.draft_dir, target=opts.target)
+    k = opts.num_speculative_tokens or loaded.num_speculative_tokens
+    target_path = opts.target or loaded.verifier
+    target = HfTarget(target_path, loaded.aux_layer_ids, dtype=opts.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(target_path)
+    stops = eos_ids(target_path, tokenizer)
+    results: dict[str, dict[str, Any]] = {}
+    summary: dict[str, Any] = {"cached": False, "draft": str(opts.draft_dir), "format": loaded.fmt,
+                               "num_speculative_tokens": k, "max_new_tokens": opts.max_new_tokens}
+    start = time.monotonic()
+    for spec in opts.prompt_sets:
+        pset = load_prompt_set(spec, opts.num_prompts)
+        for mode in opts.modes:
+            params = SamplingParams(**{**MODES[mode].__dict__, "draft_sampling": opts.draft_sampling})
+            counts, calib, n_tokens = AcceptanceCounts.empty(k), Calibration.empty(k), 0
+            for i, messages in enumerate(pset.conversations):
+                gen = torch.Generator().manual_seed(derive_seed(opts.seed, "eval", pset.name, mode, i))
+                out = speculate(target, loaded.model, chat_ids(tokenizer, messages), k=k,
+                                max_new_tokens=opts.max_new_tokens, params=params, eos_ids=stops, generator=gen)
+                counts, calib = counts.merge(out.counts), calib.merge(out.calibration)
+                n_tokens += len(out.tokens)
+            results.setdefault(pset.name, {})[mode] = {
+                "counts": counts.to_json(),
+                "calibration": calib.to_json(loaded.config.enable_confidence_head),
+                "num_prompts": len(pset.conversations),
+                "generated_tokens": n_tokens,
+            }
+            summary[f"{pset.name}_{mode}_avg_length"] = round(counts.avg_length(), 4)
+            for j, rate in enumerate(counts.per_position(), 1):
+                summary[f"{pset.name}_{mode}_pos{j}"] = round(rate, 4)
+    summary["seconds"] = round(time.monotonic() - start, 2)
+    write_outputs(opts.out_dir, summary, results, opts.modes)
+    return summary
+
+
+def tables_markdown(results: dict[str, dict[str, Any]], modes: list[str]) -> str:
+    """The seed card's two tables (one per mode) from a results mapping."""
+    parts = []
+    for mode in modes:
+        rows = {name: AcceptanceCounts.from_json(r[mode]["counts"]) for name, r in results.items() if mode in r}
+        if rows:
+            parts.append(f"{MODE_TITLES.get(mode, mode)}\n\n{markdown_table(rows)}\n")
+    return "\n".join(parts)
+
+
+def write_outputs(out_dir: Path, summary: dict[str, Any], results: dict[str, Any], modes: list[str]) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "acceptance.md", tables_markdown(results, modes).encode())
+    atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

@@ -1,0 +1,169 @@
+"""`export_draft`: a training checkpoint -> a speculators directory vLLM serves (DSpark or DFlash).
+
+Output (written into a temp directory next to `out`, then renamed into place, so a killed export never
+leaves a directory vLLM would half-load):
+- `config.json`         speculators format (speculators_config.py)
+- `model.safetensors`   vLLM's tensor names (weights.py), bf16 by default, confidence head fp32
+- `README.md`           model card from the run (card.py)
+- `dspark_export.json`  provenance: checkpoint, step, fingerprints, the full DraftConfig
+- `summary.json`        flat figures for `dspark demo`
+
+Reruns with the same checkpoint and options reuse the output (`"cached": true`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from dspark_data.store.files import fsync_dir
+from dspark_data.targets import load_target_info, resolve_target
+from dspark_data.targets.weights import load_target_head
+from dspark_train.export.card import render_card
+from dspark_train.export.source import TrainedDraft, read_checkpoint
+from dspark_train.export.speculators_config import ExportFormat, build_config
+from dspark_train.export.weights import cast_for_export, check_shapes, select_draft_tensors
+from schemas import fingerprint
+
+PROVENANCE = "dspark_export.json"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def verifier_name_or_path(target_spec: str, trained_dir: str | None = None) -> str:
+    """What vLLM must load as the verifier: a hub id as given, else an absolute local directory.
+
+    `tiny:*` specs resolve to their cache directory (the exact weights the draft was trained against).
+    """
+    if target_spec.startswith("tiny:"):
+        return str(Path(trained_dir or resolve_target(target_spec)).resolve())
+    local = Path(target_spec).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    return target_spec
+
+
+def _verifier_architectures(verifier: str) -> list[str]:
+    try:
+        return load_target_info(verifier).architectures
+    except (FileNotFoundError, ValueError, OSError):
+        return []  # a hub id not in the offline cache: vLLM reads them from the hub at serve time
+
+
+def _write_dir(out: Path, files: dict[str, bytes], tensors: dict[str, torch.Tensor]) -> None:
+    """Write everything into `.tmp-<name>` beside `out`, fsync, then swap it in."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+
+
+def export_tensors(
+    draft: TrainedDraft, fmt: ExportFormat, dtype: torch.dtype, target_dir: str
+) -> dict[str, torch.Tensor]:
+    """The checked, cast tensors of the export (the draft rebuilt with the target's frozen tensors)."""
+    head = load_target_head(target_dir)
+    model = draft.build_model(head.embed, head.lm_head)
+    tensors = model.exportable_state_dict()
+    vocab = {k: tensors.pop(k) for k in ("lm_head.weight", "d2t", "t2d") if k in tensors}
+    tensors = {**select_draft_tensors(tensors, fmt), **vocab}
+    tensors = cast_for_export(tensors, dtype)
+    check_shapes(tensors, draft.config, fmt)
+    return tensors
+
+
+def export_draft(
+    checkpoint: Path,
+    out: Path,
+    *,
+    fmt: ExportFormat = "dspark",
+    num_speculative_tokens: int | None = None,
+    dtype: str = "bfloat16",
+    verifier: str | None = None,
+) -> dict[str, Any]:
+    """Export `checkpoint` (step dir or train dir) to `out`; returns the summary written to summary.json.
+
+    `num_speculative_tokens` defaults to the recipe's `eval.num_speculative_tokens`; `verifier` overrides
+    the target recorded in the run (e.g. the hub id of a target trained from a local copy).
+    """
+    if fmt not in ("dspark", "dflash"):
+        raise ValueError(f"--format must be dspark or dflash, got {fmt!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    draft = read_checkpoint(checkpoint)
+    recipe = draft.recipe
+    cfg = draft.config
+    target_spec = recipe.get("target", {}).get("model") or draft.state.get("target_dir")
+    target_dir = draft.state.get("target_dir") or resolve_target(target_spec)
+    verifier = verifier or verifier_name_or_path(target_spec, target_dir)
+    k = num_speculative_tokens or recipe.get("eval", {}).get("num_speculative_tokens") or cfg.num_draft_tokens
+    aux = recipe.get("capture", {}).get("aux_layers")
+    if not aux:
+        raise ValueError(f"{draft.path}/recipe.json has no capture.aux_layers: cannot name the aux layers for vLLM")
+    options = {"format": fmt, "k": k, "dtype": dtype, "verifier": verifier}
+    fp = fingerprint({"checkpoint": str(draft.path.resolve()), "plan": draft.state.get("plan_fingerprint"),
+                      "step": draft.step, **options})
+    out = Path(out)
+    previous = out / "summary.json"
+    if previous.is_file() and (out / "model.safetensors").is_file():
+        old = json.loads(previous.read_text())
+        if old.get("fingerprint") == fp:
+            return {**old, "cached": True}
+
+    config_json = build_config(
+        cfg, fmt=fmt, aux_layer_ids=aux, num_speculative_tokens=k, verifier_name_or_path=verifier,
+        verifier_architectures=_verifier_architectures(verifier), dtype=dtype,
+    )
+    tensors = export_tensors(draft, fmt, DTYPES[dtype], target_dir)
+    card = render_card(fmt=fmt, cfg=cfg, config_json=config_json, recipe=recipe, state=draft.state,
+                       step=draft.step, out_name=str(out))
+    provenance = {
+        "format": fmt,
+        "checkpoint": str(draft.path.resolve()),
+        "step": draft.step,
+        "plan_fingerprint": draft.state.get("plan_fingerprint"),
+        "data_fingerprint": draft.state.get("data_fingerprint"),
+        "vocab_fingerprint": draft.state.get("vocab_fingerprint"),
+        "target_dir": target_dir,
+        "draft_config": cfg.to_dict(),
+        "validation": draft.validation,
+    }
+    val = draft.validation
+    summary: dict[str, Any] = {
+        "cached": False,
+        "format": fmt,
+        "out": str(out),
+        "step": draft.step,
+        "num_speculative_tokens": k,
+        "num_tensors": len(tensors),
+        "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+        "verifier": verifier,
+        "fingerprint": fp,
+    }
+    if "accepted_length" in val:
+        summary["val_mean_accepted_length"] = val["accepted_length"]
+    files = {
+        "config.json": (json.dumps(config_json, indent=2) + "\n").encode(),
+        "README.md": card.encode(),
+        PROVENANCE: (json.dumps(provenance, indent=2) + "\n").encode(),
+        "summary.json": (json.dumps(summary, indent=2) + "\n").encode(),
+    }
+    _write_dir(out, files, tensors)
+    return summary

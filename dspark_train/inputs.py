@@ -1,0 +1,108 @@
+"""Everything the trainer reads before it builds a model: the target's facts and head, the draft vocab,
+the hidden-state data, and the checks that they belong together.
+
+Kept apart from the trainer so the checks (and the fingerprints that decide caching and resume) run
+before any model is built, and so the benchmark can build the same inputs from synthetic data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dspark_data.targets import TargetInfo, load_target_info, resolve_target
+from dspark_data.targets.weights import TargetHead, load_target_head
+from dspark_train.data import HiddenSource, SyntheticHiddenSource, open_source
+from dspark_train.data.checks import DraftVocab, LayerSlots, check_hidden, layer_slots, load_vocab
+from schemas.recipe import Recipe
+
+
+@dataclass
+class TrainInputs:
+    target_dir: str
+    target_info: TargetInfo
+    source: HiddenSource
+    slots: LayerSlots
+    vocab: DraftVocab
+    data_where: str  # the data directory, or "synthetic:N"
+
+    def target_fingerprint(self) -> dict[str, Any]:
+        """The target's identity for the plan fingerprint: its config facts (not its local path)."""
+        info = dataclasses.asdict(self.target_info)
+        return {k: info[k] for k in ("model_type", "num_hidden_layers", "hidden_size", "vocab_size",
+                                     "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps")}
+
+
+def synthetic_vocab(source: HiddenSource, target_vocab_size: int, size: int, indices: list[int]) -> torch.Tensor:
+    """t2d of the `size` most frequent loss-masked tokens of `indices` (ties: lower id), like `dspark vocab`."""
+    counts = torch.zeros(target_vocab_size, dtype=torch.long)
+    for i in indices:
+        s = source.get(i)
+        counts += torch.bincount(s.input_ids[s.loss_mask], minlength=target_vocab_size)
+    order = sorted(range(target_vocab_size), key=lambda t: (-int(counts[t]), t))[:size]
+    t2d = torch.zeros(target_vocab_size, dtype=torch.bool)
+    t2d[order] = True
+    return t2d
+
+
+def load_inputs(
+    recipe: Recipe,
+    *,
+    data_dir: Path | None,
+    vocab_path: Path | None,
+    synthetic: int | None = None,
+    stream: Any = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainInputs:
+    """Resolve the target, open the data (or make `synthetic` samples), load the vocab, check them together.
+
+    Raises `DataMismatch` (a ValueError) naming the layer, hidden size or vocab that does not fit.
+    """
+    if synthetic is None and (data_dir is None or not Path(data_dir).is_dir()):
+        raise FileNotFoundError(
+            f"hidden-state data {data_dir} not found: run `dspark dump-hidden` first or pass --data DIR"
+        )
+    target_dir = resolve_target(recipe.target.model)  # may build a tiny target (cached): after the cheap checks
+    info = load_target_info(target_dir)
+    n_layers = info.num_hidden_layers
+    draft_vocab = min(recipe.vocab.draft_vocab_size, info.vocab_size)
+    if synthetic is not None:
+        source: HiddenSource = SyntheticHiddenSource(
+            synthetic,
+            layer_ids=[*recipe.capture.aux_layers, n_layers],
+            hidden_size=info.hidden_size,
+            vocab_size=info.vocab_size,
+            min_len=max(16, recipe.seq_len // 4),
+            max_len=recipe.seq_len,
+            seed=recipe.seed,
+        )
+        where = f"synthetic:{synthetic}"
+    elif stream is not None:  # hidden states from `dspark serve-target`; data_dir is the regen dataset
+        from dspark_train.data.stream_source import open_stream_source
+
+        source = open_stream_source(recipe, stream, data_dir=Path(data_dir or ""), num_hidden_layers=n_layers,
+                                    hidden_size=info.hidden_size, rank=rank, world_size=world_size)
+        where = f"stream:{','.join(stream.endpoints)} ({data_dir})"
+    else:
+        source = open_source(data_dir)
+        where = str(data_dir)
+    slots = layer_slots(source.info.layer_ids, recipe.capture.aux_layers, n_layers, where)
+    check_hidden(source, hidden_size=info.hidden_size, vocab_size=info.vocab_size, where=where)
+    if synthetic is not None and vocab_path is None and draft_vocab < info.vocab_size:
+        t2d = synthetic_vocab(source, info.vocab_size, draft_vocab, list(range(len(source))))
+        d2t = t2d.nonzero().squeeze(-1) - torch.arange(draft_vocab)
+        vocab = DraftVocab(t2d, d2t, f"synthetic-{draft_vocab}")
+    else:
+        vocab = load_vocab(vocab_path, target_vocab_size=info.vocab_size, draft_vocab_size=draft_vocab)
+    return TrainInputs(target_dir, info, source, slots, vocab, where)
+
+
+def load_head(target_dir: str, device: torch.device) -> TargetHead:
+    """The target's embedding, final norm and lm_head: fp32 on CPU (exact, deterministic), as stored on GPU."""
+    head = load_target_head(target_dir)
+    return head.to(device=device, dtype=torch.float32 if device.type == "cpu" else None)

