@@ -55,6 +55,10 @@ def train(
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="With --stream: tee samples into this cache (hybrid).")] = None,
     token: Annotated[str | None, typer.Option(help="With --stream: token (prefer $DSPARK_STREAM_TOKEN).")] = None,
+    skip_samples: Annotated[
+        list[str] | None,
+        typer.Option("--skip-samples", help="Leave out sample ids ID[,ID...] (damaged ones `dspark verify` names)."),
+    ] = None,
 ) -> None:
     """Train the DSpark draft (DFlash backbone + Markov head + confidence head)."""
     resolved = resolve_recipe(recipe, set_, seed)
@@ -67,20 +71,22 @@ def train(
     if nproc_per_node > 1:
         argv = _torchrun_argv(nproc_per_node, recipe, set_ or [], seed, out, data, max_steps, resume)
         argv += _stream_argv(stream, endpoint or [], cache_dir)
+        argv += [a for v in skip_samples or [] for a in ("--skip-samples", v)]
         env = {**os.environ, "DSPARK_STREAM_TOKEN": token} if token else None  # not in argv: ps shows argv
         raise typer.Exit(subprocess.run(argv, check=False, env=env).returncode)
 
-    from dspark_train.checkpoint import CheckpointMismatch
+    from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
     from dspark_train.data.checks import DataMismatch
     from dspark_train.resume import RunConflict
-    from dspark_train.train import default_options, run
+    from dspark_train.train import default_options, run, split_ids
 
     opts = default_options(
-        resolved, out_dir=out, data_dir=streaming.pop("data_dir", data), max_steps=max_steps, resume=resume, **streaming
+        resolved, out_dir=out, data_dir=streaming.pop("data_dir", data), max_steps=max_steps, resume=resume,
+        skip_samples=split_ids(skip_samples), **streaming
     )
     try:
         summary = run(resolved, opts)
-    except (DataMismatch, RunConflict, CheckpointMismatch, FileNotFoundError, StreamError) as exc:
+    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError) as exc:
         fail(str(exc))
     state = "reused (cached)" if summary.get("cached") else "trained"
     length = summary.get("val_mean_accepted_length")

@@ -32,12 +32,17 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dspark_data.store.files import atomic_write_bytes, fsync_dir
 
 LATEST = "latest"
 _TMP = ".tmp-"
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, I/O error); the previous one is intact."""
 
 
 class CheckpointMismatch(ValueError):
@@ -144,7 +149,28 @@ class Checkpointer:
         state: dict[str, Any],
         recipe: dict[str, Any],
     ) -> Path:
-        """Write checkpoint `step` (collective: every rank must call it) and point `latest` at it."""
+        """Write checkpoint `step` (collective: every rank must call it) and point `latest` at it.
+
+        A failed write (disk full, I/O error) raises CheckpointWriteError naming the directory; `latest` still
+        names the previous checkpoint, so a rerun of the same command resumes from there.
+        """
+        try:
+            return self._save(step, model=model, optimizer=optimizer, state=state, recipe=recipe)
+        except (OSError, SafetensorError) as exc:
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {self.dir / (_TMP + step_name(step))}: {exc}; the previous checkpoint "
+                f"({self.latest() or 'none'}) is intact: free space, then rerun the same command to resume"
+            ) from exc
+
+    def _save(
+        self,
+        step: int,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict[str, Any],
+        recipe: dict[str, Any],
+    ) -> Path:
         from torch.distributed.checkpoint.state_dict import (  # 2 s to import: only when saving
             StateDictOptions,
             get_model_state_dict,

@@ -58,10 +58,12 @@ def load_inputs(
     stream: Any = None,
     rank: int = 0,
     world_size: int = 1,
+    skip_samples: tuple[str, ...] = (),
 ) -> TrainInputs:
     """Resolve the target, open the data (or make `synthetic` samples), load the vocab, check them together.
 
-    Raises `DataMismatch` (a ValueError) naming the layer, hidden size or vocab that does not fit.
+    Raises `DataMismatch` (a ValueError) naming the layer, hidden size or vocab that does not fit, and
+    `CorruptData` (one of them) when the dataset fails `dspark verify` outside `skip_samples`.
     """
     if synthetic is None and (data_dir is None or not Path(data_dir).is_dir()):
         raise FileNotFoundError(
@@ -89,7 +91,7 @@ def load_inputs(
                                     hidden_size=info.hidden_size, rank=rank, world_size=world_size)
         where = f"stream:{','.join(stream.endpoints)} ({data_dir})"
     else:
-        source = open_source(data_dir)
+        source = open_source(data_dir, skip=skip_samples, verify=rank == 0)  # refuses corrupt data (rank 0 reads)
         where = str(data_dir)
     slots = layer_slots(source.info.layer_ids, recipe.capture.aux_layers, n_layers, where)
     check_hidden(source, hidden_size=info.hidden_size, vocab_size=info.vocab_size, where=where)

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dspark_train.checkpoint import CheckpointMismatch
+import torch
+
+from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
 from dspark_train.data.checks import DataMismatch
 from dspark_train.data.stream_source import StreamError, stream_overrides
 from dspark_train.parallelize import destroy_distributed
@@ -42,10 +44,16 @@ def default_options(recipe: Recipe, **overrides: Any) -> TrainOptions:
 
 
 def run(recipe: Recipe, opts: TrainOptions) -> dict[str, Any]:
-    """Train (or reuse) and return the summary; always releases the loader threads and process group."""
+    """Train (or reuse) and return the summary; always releases the loader threads and process group.
+
+    The trainer turns on `torch.use_deterministic_algorithms` (CPU); the caller's setting is restored after,
+    so a library user (or a test session) is not left in deterministic mode.
+    """
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return Trainer(recipe, opts).train()
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         destroy_distributed()
 
 
@@ -67,7 +75,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="Stream states from `dspark serve-target` (--data: regen).")
     p.add_argument("--endpoint", action="append", default=[], help="With --stream: gateway URL (repeatable).")
     p.add_argument("--cache-dir", type=Path, default=None, help="With --stream: tee samples into this store cache.")
+    p.add_argument("--skip-samples", action="append", default=[], metavar="ID[,ID...]",
+                   help="Leave these sample ids out (damaged ones named by `dspark verify`); repeatable.")
     return p
+
+
+def split_ids(values: list[str] | None) -> tuple[str, ...]:
+    """`--skip-samples a,b --skip-samples c` -> ("a", "b", "c")."""
+    return tuple(x.strip() for v in values or [] for x in v.split(",") if x.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         synthetic=args.synthetic,
         stop_after=args.stop_after,
         progress=not args.no_progress,
+        skip_samples=split_ids(args.skip_samples),
         **stream,
     )
     try:
         run(recipe, opts)
-    except (DataMismatch, RunConflict, CheckpointMismatch, FileNotFoundError, StreamError) as exc:
+    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -54,6 +54,7 @@ class TrainOptions:
     stream: Any = None  # data.stream_source.StreamOptions: stream from `dspark serve-target` (data_dir = regen)
     stop_after: int | None = None  # tests: stop after this step as if killed (no final checkpoint)
     progress: bool = True  # rich progress bar when the console is a terminal
+    skip_samples: tuple[str, ...] = ()  # sample ids to leave out (damaged ones that `dspark verify` named)
 
 
 class Trainer:
@@ -105,7 +106,8 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         # Data before the model: its checks refuse mismatched layers/hidden size/vocab before any cost.
         self.inputs = load_inputs(recipe, data_dir=opts.data_dir, vocab_path=opts.vocab_path, synthetic=opts.synthetic,
-                                  stream=opts.stream, rank=self.dist.rank, world_size=self.dist.world_size)
+                                  stream=opts.stream, rank=self.dist.rank, world_size=self.dist.world_size,
+                                  skip_samples=tuple(opts.skip_samples))
         src = self.inputs.source
         self.train_indices, self.val_indices = split_indices(src.ids, t.val_fraction)
         self.loader_cfg = LoaderConfig(

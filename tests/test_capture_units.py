@@ -171,3 +171,18 @@ def test_spool_refuses_foreign_files(tmp_path: Path):
     save_file({"hidden_states": torch.zeros(1, 1, 1), "token_ids": torch.zeros(1)}, str(path))
     with pytest.raises(SpoolError, match="not a dspark spool file"):
         take_record(path, timeout_s=1)
+
+
+def test_spool_dirs_of_dead_drivers_are_reaped(tmp_path):
+    import os
+
+    from dspark_data.capture.spool import make_spool_dir
+
+    dead = tmp_path / "dspark-spool-999999999-abc"
+    live = tmp_path / f"dspark-spool-{os.getpid()}-def"
+    other = tmp_path / "someone-else"
+    for d in (dead, live, other):
+        d.mkdir()
+    fresh = make_spool_dir(tmp_path)
+    assert fresh.name.startswith(f"dspark-spool-{os.getpid()}-")
+    assert not dead.exists() and live.exists() and other.exists()

@@ -46,7 +46,7 @@ def _vllm_vs_hf(model_dir: str, aux: list[int], dtype: str, n: int = 12):
     finally:
         engine.close()
     assert not spool.exists()
-    want = capture_all(HfCapture(model_dir, plan, EngineOptions(dtype=dtype, batch_size=1)), seqs)
+    want = capture_all(HfCapture(model_dir, plan, EngineOptions(dtype=dtype)), seqs)
     return plan, seqs, got, _per_layer_errors(plan, got, want)
 
 
@@ -73,7 +73,7 @@ def test_vllm_mla_target_bf16_parity():
     KV-cache group, which the connector finds by layer name."""
     plan, _, _, errors = _vllm_vs_hf(resolve_target("tiny:mla"), [3, 1], "bfloat16")
     print("MLA bf16 relative error per layer id:", {k: f"{v:.1e}" for k, v in errors.items()})
-    assert all(err < 5e-2 for err in errors.values()), errors
+    assert all(err < 2e-2 for err in errors.values()), errors
 
 
 def test_vllm_dump_hidden_end_to_end(tmp_path, tiny_random_target):
@@ -94,7 +94,7 @@ def test_vllm_dump_hidden_end_to_end(tmp_path, tiny_random_target):
     plan = plan_layers(recipe.capture.aux_layers, True, info.num_hidden_layers, info.hidden_size)
     stored = [ds[i] for i in range(len(ds))]
     reference = capture_all(
-        HfCapture(tiny_random_target, plan, EngineOptions(batch_size=1)), [s.input_ids.tolist() for s in stored]
+        HfCapture(tiny_random_target, plan, EngineOptions()), [s.input_ids.tolist() for s in stored]
     )
     worst: dict[int, float] = {}
     for sample, ref in zip(stored, reference, strict=True):

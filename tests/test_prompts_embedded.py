@@ -55,7 +55,7 @@ def test_unknown_eval_set():
 
 def test_speculator_benchmarks_layout(tmp_path):
     lines = [
-        {"prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n"},
+        {"prompt": 'def add(a, b):\n    """Add."""\n'},
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]},
     ]

@@ -220,3 +220,26 @@ def test_sigkill_at_random_points_then_resume(tok, tiny_random_target, prompt_fi
     ds = open_dataset(out)
     assert len(ds.ids) == len(set(ds.ids)) == clean_summary.samples
     assert not list(out.glob(".tmp-*"))
+
+
+def test_cli_regen_over_http_then_cached(tok, tiny_random_target, prompt_file, clean_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    args = [
+        "regen", "--set", f"target.model={tiny_random_target}", "--set", f"prompts.source={prompt_file}",
+        "--set", "prompts.num_prompts=null", "--set", "regen.shard_samples=4",
+        "--set", "regen.sampling.max_new_tokens=16", "--turns", "all", "--backend", "openai",
+        "--out", str(tmp_path), "--no-progress",
+    ]  # fmt: skip
+    runner = CliRunner()
+    with FakeVllmServer(tok) as srv:
+        first = runner.invoke(app, [*args, "--endpoint", srv.url])
+    assert first.exit_code == 0, first.output
+    assert _rows_by_id(tmp_path) == _rows_by_id(clean_run[0])
+    again = runner.invoke(app, [*args, "--endpoint", "http://127.0.0.1:9"])
+    assert again.exit_code == 0 and "cached" in again.output
+    assert json.loads((tmp_path / "summary.json").read_text())["cached"] is True
+    bad = runner.invoke(app, [*args, "--endpoint", "http://127.0.0.1:9", "--set", "seed=5"])
+    assert bad.exit_code == 1 and "seed" in bad.output  # another fingerprint: refused, naming the field

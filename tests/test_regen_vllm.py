@@ -113,7 +113,7 @@ def vllm_server(engine_runs, tiny_random_target: str, tmp_path_factory: pytest.T
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_random_target,
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", str(SEQ_LEN),
-        "--enforce-eager", "--seed", "0",
+        "--enforce-eager", "--seed", "0", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
     ]  # fmt: skip
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)

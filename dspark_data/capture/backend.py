@@ -53,7 +53,7 @@ class EngineOptions:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
-    batch_size: int = 64  # samples per forward (hf) / most requests in flight (vllm)
+    batch_size: int = 64  # most requests in flight (vllm; hf runs one sequence per forward)
     in_flight_bytes: int = 4 << 30  # cap on captured-but-unread states (spool + host memory), vllm only
 
 

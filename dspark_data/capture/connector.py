@@ -26,9 +26,9 @@ notice per request is expected (`get_finished_count`).
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +116,12 @@ def gather_slots(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return cache[slots // kernel_block, :, slots % kernel_block]
 
 
+def _log_write_failure(req_id: str, future: Future[None]) -> None:
+    """The driver learns of a failed write from the `.err` file; the engine log gets the traceback."""
+    if future.exception() is not None:
+        logger.error("dspark connector: write failed for %s: %r", req_id, future.exception())
+
+
 class DsparkHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
     """Store-only connector: after each request, its hidden states go to `<spool_dir>/<req_id>.safetensors`.
 
@@ -146,10 +152,10 @@ class DsparkHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
         self._cache: torch.Tensor | None = None
         self._is_writer = True
         self._copy_stream: Any = None
-        self._copy_events: dict[str, Any] = {}  # req_id -> CUDA event (GPU path only)
-        self._finished: set[str] = set()
-        self._writes: dict[str, Future[None]] = {}
-        self._lock = threading.Lock()
+        # req_id -> CUDA event of its copy (GPU), or None when nothing is in flight (CPU copy, failed copy).
+        # Only requests this rank copied are ever reported, so TP ranks > 0 never report.
+        self._copies: dict[str, Any] = {}
+        self._finished: set[str] = set()  # finished requests not yet reported
         self._pool = ThreadPoolExecutor(int(extra.get("writer_threads", 2)), thread_name_prefix="dspark-spool")
 
     # ---------------------------------------------------------------- scheduler side
@@ -232,8 +238,10 @@ class DsparkHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
                 for pending in meta.pending:
                     self._start_copy(pending)
         self._finished |= finished_req_ids
-        done = {r for r in self._finished if self._copy_done(r)}
+        done = {r for r in self._finished if r in self._copies and self._copy_done(r)}
         self._finished -= done
+        for req_id in done:
+            del self._copies[req_id]
         return done or None, None
 
     def _start_copy(self, pending: PendingCopy) -> None:
@@ -248,17 +256,15 @@ class DsparkHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
                 hidden, event = gather_slots(self._cache, slots), None
             else:
                 hidden, event = self._gather_async(slots)
-        except Exception as exc:  # report to the driver rather than hang it
+        except Exception as exc:  # tell the driver and free the blocks, rather than hang both
             logger.exception("dspark connector: copy failed for %s", pending.req_id)
             write_error(path, f"{type(exc).__name__}: {exc}")
+            self._copies[pending.req_id] = None
             return
-        if event is not None:
-            self._copy_events[pending.req_id] = event
+        self._copies[pending.req_id] = event
         token_ids = torch.tensor(pending.token_ids, dtype=torch.int64)
         future = self._pool.submit(self._write, path, hidden, token_ids, event)
-        with self._lock:
-            self._writes[pending.req_id] = future
-        future.add_done_callback(lambda _f, r=pending.req_id: self._forget(r))
+        future.add_done_callback(partial(_log_write_failure, pending.req_id))
 
     def _gather_async(self, slots: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """GPU: gather on a side stream into pinned host memory; the event marks the copy done."""
@@ -272,8 +278,7 @@ class DsparkHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
             device_slots = slots.to(self._cache.device, non_blocking=True)
             on_device = gather_slots(self._cache, device_slots)
             host = torch.empty(on_device.shape, dtype=on_device.dtype, pin_memory=True)
-            host.copy_(on_device, non_blocking=True)
-            on_device.record_stream(self._copy_stream)
+            host.copy_(on_device, non_blocking=True)  # pinned buffers are reused by torch's host allocator
         done = torch.cuda.Event()
         done.record(self._copy_stream)
         return host, done
@@ -284,19 +289,9 @@ class DsparkHiddenStatesConnector(KVConnectorBase_V1, SupportsHMA):
         write_record(path, hidden, token_ids, self._layer_ids)
 
     def _copy_done(self, req_id: str) -> bool:
-        event = self._copy_events.get(req_id)
-        if event is None:
-            return True  # CPU path (or nothing to copy): the gather was synchronous
-        if event.query():
-            del self._copy_events[req_id]
-            return True
-        return False
-
-    def _forget(self, req_id: str) -> None:
-        with self._lock:
-            future = self._writes.pop(req_id, None)
-        if future is not None and future.exception() is not None:
-            logger.error("dspark connector: write failed for %s: %r", req_id, future.exception())
+        """CPU: the gather was synchronous, always done. GPU: done once the copy's event has fired."""
+        event = self._copies[req_id]
+        return event is None or bool(event.query())
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)  # let queued writes land so no driver waits on a lost file

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dspark_data.capture.backend import EngineOptions, open_backend
 from dspark_data.capture.layers import LayerPlan, plan_layers
-from dspark_data.capture.projection import dry_run_plan, estimate_tokens, format_bytes, project
+from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
 from dspark_data.store import HiddenStateWriter, open_dataset
 from dspark_data.store.files import atomic_write_bytes
@@ -65,11 +65,11 @@ def dump_hidden(
 
     from dspark_data.targets import load_target_info, resolve_target
 
+    regen = open_dataset(data_dir, require_complete=True)  # cheap checks first: building a tiny target is not
     model_path = resolve_target(recipe.target.model)
     info = load_target_info(model_path)
     capture = recipe.capture
     plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
-    regen = open_dataset(data_dir, require_complete=True)
     selected = list(range(len(regen)))[:limit] if limit is not None else list(range(len(regen)))
 
     started = time.monotonic()
@@ -77,36 +77,37 @@ def dump_hidden(
         out_dir,
         layer_ids=list(plan.stored_ids),
         hidden_size=plan.hidden_size,
-        codec=recipe.capture.codec,
+        codec=capture.codec,
         target=recipe.target.model,
         target_revision=recipe.target.revision,
         seq_len=recipe.seq_len,
         regen_fingerprint=regen.manifest.fingerprint_hash,
-        zstd_level=recipe.capture.zstd_level,
+        zstd_level=capture.zstd_level,
         extra_fingerprint={"backend": backend_name, "engine_dtype": recipe.target.dtype},
-        producer_config={"capture": recipe.capture.model_dump(mode="json"), "target": recipe.target.model_dump()},
-        shard_bytes=recipe.capture.shard_bytes,
+        producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump()},
+        shard_bytes=capture.shard_bytes,
     )
     with writer:
         done = writer.committed_ids | writer.error_ids
         todo = [i for i in selected if regen.ids[i] not in done]
         cached = not todo and writer.complete
-        stats = {"samples": 0, "tokens": 0, "errors": 0}
+        stats: dict[str, float] = {"samples": 0, "tokens": 0, "errors": 0, "capture_seconds": 0.0}
         if todo:
             options = EngineOptions(
                 dtype=recipe.target.dtype,
                 max_model_len=recipe.seq_len,
                 tensor_parallel_size=recipe.target.tensor_parallel_size,
                 gpu_memory_utilization=recipe.target.gpu_memory_utilization,
-                batch_size=recipe.capture.batch_size,
+                batch_size=capture.batch_size,
             )
             console.print(
                 f"dump-hidden: {len(todo)} of {len(selected)} samples to capture ({len(selected) - len(todo)} done), "
-                f"layers {list(plan.stored_ids)}, backend {backend_name}, codec {recipe.capture.codec}"
+                f"layers {list(plan.stored_ids)}, backend {backend_name}, codec {capture.codec}"
             )
             engine = open_backend(backend_name, model_path, plan, options)
             try:
-                stats = _capture_into(engine, writer, plan, _samples(regen, todo, recipe.seq_len), recipe, console)
+                samples = _samples(regen, todo, recipe.seq_len)
+                stats = _capture_into(engine, writer, plan, samples, len(todo), capture.batch_size, console)
             finally:
                 engine.close()
         manifest = writer.close()
@@ -128,9 +129,15 @@ def _samples(regen: Any, indices: list[int], seq_len: int) -> Iterator[Sample]:
 
 
 def _capture_into(
-    engine: Any, writer: HiddenStateWriter, plan: LayerPlan, samples: Iterator[Sample], recipe: Recipe, console: Console
-) -> dict[str, int]:
-    """Stream samples through the engine into the writer, committing every batch_size samples."""
+    engine: Any,
+    writer: HiddenStateWriter,
+    plan: LayerPlan,
+    samples: Iterator[Sample],
+    total: int,
+    commit_every: int,
+    console: Console,
+) -> dict[str, float]:
+    """Stream samples through the engine into the writer, committing every `commit_every` samples."""
     by_id: dict[str, Sample] = {}
 
     def feed() -> Iterator[tuple[str, list[int]]]:
@@ -141,10 +148,10 @@ def _capture_into(
             by_id[sample.id] = sample
             yield sample.id, sample.input_ids.tolist()
 
-    stats = {"samples": 0, "tokens": 0, "errors": 0}
+    stats = {"samples": 0, "tokens": 0, "errors": 0, "capture_seconds": 0.0}
     since_commit = 0
     with _progress(console) as progress:
-        task = progress.add_task("capture", total=None, tokens_per_s=0.0)
+        task = progress.add_task("capture", total=total, tokens_per_s=0.0)
         started = time.monotonic()
         for key, captured in engine.capture_iter(feed()):
             sample = by_id.pop(key)
@@ -158,11 +165,11 @@ def _capture_into(
                 writer.record_error(sample.id, rejection.reason, rejection.detail)
                 stats["errors"] += 1
             since_commit += 1
-            if since_commit >= recipe.capture.batch_size:
+            if since_commit >= commit_every:
                 writer.commit()
                 since_commit = 0
-            rate = stats["tokens"] / max(time.monotonic() - started, 1e-9)
-            progress.update(task, advance=1, tokens_per_s=rate)
+            stats["capture_seconds"] = time.monotonic() - started
+            progress.update(task, advance=1, tokens_per_s=stats["tokens"] / max(stats["capture_seconds"], 1e-9))
     return stats
 
 
@@ -179,7 +186,7 @@ def _progress(console: Console) -> Progress:
 
 
 def _summary(
-    manifest: Any, plan: LayerPlan, backend: str, cached: bool, seconds: float, stats: dict[str, int]
+    manifest: Any, plan: LayerPlan, backend: str, cached: bool, seconds: float, stats: dict[str, float]
 ) -> dict[str, Any]:
     """Flat figures for `dspark demo`'s table, from the committed manifest (the truth) plus this run's rate."""
     totals = manifest.totals
@@ -198,40 +205,10 @@ def _summary(
         "stored_bytes": totals.stored_bytes,
         "bytes_per_token": round(totals.stored_bytes / totals.tokens, 1) if totals.tokens else 0.0,
         "compression_ratio": round(totals.raw_bytes / totals.stored_bytes, 3) if totals.stored_bytes else 0.0,
-        "run_samples": stats["samples"],
-        "run_tokens": stats["tokens"],
-        "run_errors": stats["errors"],
-        "seconds": round(seconds, 2),
-        "tokens_per_s": round(stats["tokens"] / seconds, 1) if seconds > 0 and stats["tokens"] else 0.0,
-    }
-
-
-def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Console) -> dict[str, Any]:
-    """Print the projected size and file count per codec; touch nothing."""
-    plan, source = dry_run_plan(recipe)
-    estimate = estimate_tokens(recipe, data_dir, limit)
-    projections = project(recipe, plan, estimate)
-    kind = "counted from the regen data" if estimate.exact else "upper bound: num_prompts x seq_len (no regen data yet)"
-    console.print(
-        f"dump-hidden --dry-run: target {recipe.target.model} ({plan.num_hidden_layers} layers, hidden "
-        f"{plan.hidden_size}; {source})\n  layers {list(plan.stored_ids)}: {len(plan.stored_ids)} x "
-        f"{plan.hidden_size} x 2 bytes = {plan.bytes_per_token():,} bytes/token uncompressed\n"
-        f"  {estimate.samples:,} samples, {estimate.tokens:,} tokens ({kind})"
-    )
-    for p in projections:
-        mark = " (recipe)" if p.codec == recipe.capture.codec else ""
-        console.print(
-            f"  {p.codec:<11} {format_bytes(p.bytes):>12}  {p.bytes_per_token:>10,.0f} B/token  "
-            f"ratio {p.ratio:.2f}  {p.shards:,} shards, {p.files:,} files{mark}"
-        )
-    return {
-        "stage": "hidden",
-        "dry_run": True,
-        "layer_ids": list(plan.stored_ids),
-        "hidden_size": plan.hidden_size,
-        "bytes_per_token_raw": plan.bytes_per_token(),
-        "samples": estimate.samples,
-        "tokens": estimate.tokens,
-        "tokens_exact": estimate.exact,
-        "projections": [p.to_dict() for p in projections],
+        "run_samples": int(stats["samples"]),
+        "run_tokens": int(stats["tokens"]),
+        "run_errors": int(stats["errors"]),
+        "seconds": round(seconds, 2),  # the whole stage, engine start-up included
+        "capture_seconds": round(stats["capture_seconds"], 2),  # from the first request to the last sample
+        "tokens_per_s": round(stats["tokens"] / stats["capture_seconds"], 1) if stats["capture_seconds"] else 0.0,
     }

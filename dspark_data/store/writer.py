@@ -253,7 +253,23 @@ class ShardWriter:
         self.manifest.complete = False
         self._append(batch, raw_bytes or [None] * batch.num_rows)
 
+    def _io_error(self, exc: OSError) -> StoreError:
+        """An OS error while writing (ENOSPC, EDQUOT, EIO...) as a StoreError naming the directory and what is
+        safe: the last commit stays valid and a rerun of the same command resumes from it."""
+        return StoreError(
+            f"{self.directory}: write failed ({exc.strerror or exc}"
+            f"{f': {exc.filename}' if exc.filename else ''}); the dataset keeps its last commit "
+            f"({self.manifest.totals.samples} samples): free space or fix the disk, then rerun the same command "
+            "to resume"
+        )
+
     def _append(self, batch: pa.RecordBatch, raws: list[int | None]) -> None:
+        try:
+            self._append_unchecked(batch, raws)
+        except OSError as exc:
+            raise self._io_error(exc) from exc
+
+    def _append_unchecked(self, batch: pa.RecordBatch, raws: list[int | None]) -> None:
         if self._shard is None:
             n = len(self.manifest.shards)
             self._shard = _OpenShard(self.directory, n, self.schema, self._ipc_options, self.manifest.totals.samples)
@@ -270,6 +286,12 @@ class ShardWriter:
             self._commit()
 
     def _commit(self) -> None:
+        try:
+            self._commit_unchecked()
+        except OSError as exc:
+            raise self._io_error(exc) from exc
+
+    def _commit_unchecked(self) -> None:
         m = self.manifest
         if self._shard is not None:
             entry = self._shard.finish()
@@ -414,7 +436,10 @@ class _OpenShard:
             self.ipc.close()
         except Exception:  # noqa: BLE001 - the temp file is being thrown away
             pass
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # e.g. ENOSPC flushing the buffer: the file is thrown away anyway
+            pass
         self.tmp.unlink(missing_ok=True)
 
 

@@ -49,6 +49,7 @@ from schemas.stream import StreamInfo
 
 SERVED_MODEL = "dspark-target"
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+SPOOL_PREFIX = "dspark-stream-spool-"
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,14 @@ async def _start_upstream(
     return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent), None
 
 
+def _remove_stale_spools(root: Path) -> None:
+    """Spool directories of serve-target processes that died without cleaning up (SIGKILL, OOM) fill tmpfs."""
+    for path in root.glob(f"{SPOOL_PREFIX}*-*"):
+        pid = path.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def serve_target(recipe: Recipe, opts: ServeOptions) -> int:
     """Run until SIGTERM/SIGINT or until vLLM exits; returns the exit status."""
     check_bind(opts.host, opts.token)
@@ -252,7 +261,8 @@ def serve_target(recipe: Recipe, opts: ServeOptions) -> int:
         archs = load_target_info(setup.model_path).architectures
         check_vllm_support(archs, setup.plan, setup.options.tensor_parallel_size, vllm_platform())
     root = opts.spool_root or default_spool_root()
-    spool_dir = Path(tempfile.mkdtemp(prefix="dspark-stream-spool-", dir=root))
+    _remove_stale_spools(root)
+    spool_dir = Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=root))
     try:
         return asyncio.run(_supervise(recipe, setup, opts, spool_dir))
     finally:

@@ -42,7 +42,7 @@ NAME_TEMPLATES = (
 def _first_paragraph(doc: str, limit: int = 320) -> str:
     para = doc.split("\n\n")[0].replace("\n", " ").strip()
     para = " ".join(para.split())
-    return para if len(para) <= limit else para[: limit].rsplit(" ", 1)[0] + "..."
+    return para if len(para) <= limit else para[:limit].rsplit(" ", 1)[0] + "..."
 
 
 def _reasoning(fn: FunctionDoc, rng: random.Random) -> str:

@@ -20,7 +20,7 @@ from dspark_data.targets.models import ARCH_PRESETS, init_model, make_config, sa
 from dspark_data.targets.tokenizer import TOKENIZER_DEFAULTS, save_tokenizer, train_tokenizer
 
 # Bump when a builder changes in a way that changes its output: every cache key changes with it.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 # The target's default sampling (generation_config.json): what "the target's default sampling" means.
 DEFAULT_SAMPLING = {"temperature": 0.8, "top_p": 0.95}

@@ -44,7 +44,7 @@ def build_training_sequences(tokenizer, params: dict[str, Any]) -> torch.Tensor:
     n_raw = round(len(chat) * (1 - params["chat_fraction"]) / params["chat_fraction"])
     raw_ids: list[int] = []
     for text in iter_stdlib_text(params["corpus_bytes"]):
-        raw_ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        raw_ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         if len(raw_ids) >= n_raw * window:
             break
     raw = _chunks(raw_ids, window)[:n_raw]
@@ -113,8 +113,13 @@ def train_tiny(model, tokenizer, params: dict[str, Any], log_every: int = 20) ->
             window.append(loss.item())  # host sync once per step; fine on CPU
             if step == 0 or (step + 1) % log_every == 0 or step + 1 == params["steps"]:
                 curve.append([step + 1, round(sum(window) / len(window), 4)])
-                logger.info("tiny:trained step %d/%d loss %.3f (%.0fs)", step + 1, params["steps"], curve[-1][1],
-                            time.monotonic() - start)
+                logger.info(
+                    "tiny:trained step %d/%d loss %.3f (%.0fs)",
+                    step + 1,
+                    params["steps"],
+                    curve[-1][1],
+                    time.monotonic() - start,
+                )
                 window = []
     model.eval()
     seconds = time.monotonic() - start

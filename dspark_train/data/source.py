@@ -11,7 +11,8 @@ Sample layout (see docs/architecture.md, "Store"): `input_ids int64 [T]`, `loss_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -61,17 +62,30 @@ class HiddenSource(Protocol):
 class StoreSource:
     """Adapter from the store's hidden-state dataset (`dspark_data.store.open_hidden`) to `HiddenSource`."""
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, skip: Collection[str] = ()) -> None:
         self._ds = dataset
         manifest = dataset.manifest
+        fingerprint = str(manifest.fingerprint_hash)
+        self._ids = list(dataset.ids)
+        self._lengths = [int(n) for n in dataset.lengths]
+        self._rows: list[int] | None = None  # dataset row of each kept sample, when samples are skipped
+        if skip:  # `--skip-samples` (damaged samples, see data/integrity.py): never read, part of the fingerprint
+            skip = set(skip)
+            unknown = sorted(skip - set(self._ids))
+            if unknown:
+                from dspark_train.data.checks import DataMismatch
+
+                raise DataMismatch(f"--skip-samples names ids that are not in the dataset: {unknown[:10]}")
+            self._rows = [i for i, sid in enumerate(self._ids) if sid not in skip]
+            self._ids = [self._ids[i] for i in self._rows]
+            self._lengths = [self._lengths[i] for i in self._rows]
+            fingerprint += "-skip-" + hashlib.sha256("\n".join(sorted(skip)).encode()).hexdigest()[:16]
         self.info = SourceInfo(
             layer_ids=list(manifest.layer_ids or []),
             hidden_size=int(manifest.hidden_size or 0),
-            fingerprint=str(manifest.fingerprint_hash),
+            fingerprint=fingerprint,
             target=(manifest.fingerprint or {}).get("target"),
         )
-        self._ids = list(dataset.ids)
-        self._lengths = [int(n) for n in dataset.lengths]
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -85,18 +99,26 @@ class StoreSource:
         return self._lengths
 
     def get(self, index: int) -> HiddenSample:
-        s = self._ds[index]
+        s = self._ds[index if self._rows is None else self._rows[index]]
         return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden)
 
 
-def open_source(path: str | Path) -> HiddenSource:
-    """Open a hidden-state dataset directory written by `dspark dump-hidden`."""
+def open_source(path: str | Path, *, skip: Collection[str] = (), verify: bool = True) -> HiddenSource:
+    """Open a hidden-state dataset directory written by `dspark dump-hidden`.
+
+    `verify`: first re-hash every sample (`dspark verify`) and refuse a corrupt dataset unless its damaged
+    samples are all in `skip` (`data/integrity.py`); `skip`: sample ids left out of training.
+    """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
     from dspark_data.stream.cache import is_cache, open_cache
 
     if is_cache(Path(path)):  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
         return StoreSource(open_cache(Path(path)))
-    return StoreSource(open_hidden(Path(path)))
+    if verify:
+        from dspark_train.data.integrity import check_integrity
+
+        check_integrity(path, skip)
+    return StoreSource(open_hidden(Path(path)), skip=skip)
 
 
 class SyntheticHiddenSource:

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from dspark_data.seeding import derive_seed
 from dspark_data.store.files import atomic_write_bytes
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
+from dspark_train.eval.consistency import consistency_for_set
 from dspark_train.eval.prompts import load_prompt_set
 from dspark_train.eval.speculative import Calibration, SamplingParams, speculate
 from dspark_train.eval.target import HfTarget
@@ -50,6 +51,7 @@ class EvalOptions:
     draft_sampling: str = "probabilistic"
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads; 1 is fastest for tiny models on a busy machine
+    consistency: bool = False  # also compare with the trainer's metric on the same data (consistency.py)
 
 
 def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
@@ -88,8 +90,17 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
     summary: dict[str, Any] = {"cached": False, "draft": str(opts.draft_dir), "format": loaded.fmt,
                                "num_speculative_tokens": k, "max_new_tokens": opts.max_new_tokens}
     start = time.monotonic()
+    consistency: dict[str, Any] = {}
     for spec in opts.prompt_sets:
         pset = load_prompt_set(spec, opts.num_prompts)
+        if opts.consistency:
+            ids = [chat_ids(tokenizer, m) for m in pset.conversations]
+            c = consistency_for_set(loaded.model, target, ids, k=k, max_new_tokens=opts.max_new_tokens, eos_ids=stops)
+            consistency[pset.name] = c
+            summary[f"{pset.name}_consistency_spec_avg_length"] = round(c["speculative_decoding"]["avg_length"], 4)
+            for key in ("visited", "all"):
+                figure = c[f"trainer_metric_{key}_anchors"]["accepted_length"]
+                summary[f"{pset.name}_consistency_trainer_{key}_anchors"] = round(figure, 4)
         for mode in opts.modes:
             params = SamplingParams(**{**MODES[mode].__dict__, "draft_sampling": opts.draft_sampling})
             counts, calib, n_tokens = AcceptanceCounts.empty(k), Calibration.empty(k), 0
@@ -110,7 +121,16 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
                 summary[f"{pset.name}_{mode}_pos{j}"] = round(rate, 4)
     summary["seconds"] = round(time.monotonic() - start, 2)
     write_outputs(opts.out_dir, summary, results, opts.modes)
+    if consistency:
+        consistency["trainer_validation"] = _trainer_validation(Path(opts.draft_dir))
+        atomic_write_bytes(Path(opts.out_dir) / "consistency.json", (json.dumps(consistency, indent=2) + "\n").encode())
     return summary
+
+
+def _trainer_validation(draft_dir: Path) -> dict[str, Any] | None:
+    """The run's own validation figures, as the export recorded them (None for a foreign export)."""
+    provenance = draft_dir / "dspark_export.json"
+    return json.loads(provenance.read_text()).get("validation") if provenance.is_file() else None
 
 
 def tables_markdown(results: dict[str, dict[str, Any]], modes: list[str]) -> str:

@@ -100,6 +100,8 @@ class Generation:
     tokens: list[int]
     counts: AcceptanceCounts
     calibration: Calibration
+    anchors: list[int] = field(default_factory=list)  # absolute position of each step's anchor token
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted at each step
 
 
 def target_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -174,6 +176,8 @@ def speculate(
     else:
         nxt = _sample(target_probs(step.logits[-1], params.temperature, params.top_p), generator)
     tokens = [nxt]
+    anchors: list[int] = []
+    steps: list[int] = []
     done = nxt in eos_ids or len(tokens) >= max_new_tokens
     while not done:
         draft_temp = 0.0 if params.greedy or params.draft_sampling == "greedy" else params.temperature
@@ -190,6 +194,8 @@ def speculate(
         ver = target.forward([nxt, *drafts])
         accepted, nxt = _accept(ver.logits, drafts, q, params, generator)
         counts.observe(k, accepted)
+        anchors.append(base)
+        steps.append(accepted)
         q1 = _to_target_vocab(torch.softmax(prop.logits[0].cpu(), dim=-1), draft_to_target, vocab)
         p1 = torch.softmax(ver.logits[:k], dim=-1)
         analytic = torch.minimum(p1, q1).sum(dim=-1).tolist()  # 1 - TV(q, p) per position
@@ -202,4 +208,4 @@ def speculate(
             if tok in eos_ids or len(tokens) >= max_new_tokens:
                 done = True
                 break
-    return Generation(tokens, counts, calib)
+    return Generation(tokens, counts, calib, anchors, steps)

@@ -82,8 +82,8 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def regen_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete regen-kind dataset of 24 random conversations (40-160 tokens) plus one empty one."""
-    return write_regen(tmp_path_factory.mktemp("regen") / "regen", 24)
+    """A complete regen-kind dataset of 16 random conversations (24-96 tokens) plus one empty one."""
+    return write_regen(tmp_path_factory.mktemp("regen") / "regen", 16)
 
 
 @pytest.fixture(scope="package")

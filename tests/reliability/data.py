@@ -40,7 +40,7 @@ def write_regen(directory: Path, n: int, *, seed: int = 7, empty: bool = True) -
     with ShardWriter(directory, "regen", REGEN_SCHEMA, {"test": "reliability", "n": n, "seed": seed},
                      shard_rows=8) as w:
         for i in range(n):
-            t = int(rng.integers(40, 161))
+            t = int(rng.integers(24, 97))
             ids = rng.integers(16, VOCAB, t).tolist()
             w.write({"id": f"c{i:04d}", "input_ids": ids, "loss_mask": [j >= 8 for j in range(t)]})
         if empty:
@@ -80,12 +80,12 @@ def regen_sets(target: str, prompts: Path, endpoint: str) -> list[str]:
 
 
 def dump_sets(target: str) -> list[str]:
-    """dump-hidden through the transformers backend; 4 samples per commit, small shards (rollovers)."""
+    """dump-hidden through the transformers backend; 4 samples per commit, 64 KiB shards (rollovers)."""
     return [
         f"target.model={target}",
         "capture.backend=hf",
         "capture.batch_size=4",
-        "capture.shard_bytes=60000",
+        "capture.shard_bytes=65536",
         "seq_len=256",
     ]
 

