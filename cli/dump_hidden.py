@@ -31,7 +31,7 @@ def dump_hidden(
     out_dir = stage_dir(cfg, "hidden", out)
     try:
         summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console)
-    except (CaptureConfigError, StoreError, SpoolError, FileNotFoundError, ValueError) as exc:
+    except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights
         fail(str(exc))
     if dry_run:
         return

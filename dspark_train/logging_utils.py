@@ -48,6 +48,22 @@ def format_val_table(step: int, metrics: dict[str, float], block_drafts: int) ->
     return table
 
 
+def summary_figures(prefix: str, figures: dict[str, float] | None, per_position: bool) -> dict[str, float]:
+    """Validation figures under summary.json's flat names: `<prefix>mean_accepted_length`, ...,
+    `<prefix>acc_pos1..P` (metrics.py names them accepted_length, acc_pos_1, ...)."""
+    if not figures:
+        return {}
+    out = {f"{prefix}mean_accepted_length": figures["accepted_length"]}
+    for key in ("full_accuracy", "acceptance_rate", "confidence_abs_error"):
+        if key in figures:
+            out[f"{prefix}{key}"] = figures[key]
+    k = 1
+    while per_position and f"acc_pos_{k}" in figures:
+        out[f"{prefix}acc_pos{k}"] = figures[f"acc_pos_{k}"]
+        k += 1
+    return out
+
+
 class TrainLogger:
     """Console + JSONL + optional TensorBoard for one run (rank 0 only: pass enabled=False elsewhere)."""
 

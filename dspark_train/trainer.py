@@ -28,7 +28,7 @@ from dspark_data.targets.weights import TargetHead, target_probs_and_greedy
 from dspark_train.checkpoint import Checkpointer
 from dspark_train.data import Batch, LoaderConfig, TrainLoader, anchor_span, eval_loader, split_indices
 from dspark_train.inputs import TrainInputs, load_head, load_inputs
-from dspark_train.logging_utils import TrainLogger
+from dspark_train.logging_utils import TrainLogger, summary_figures
 from dspark_train.losses import DSparkLoss, slot_targets
 from dspark_train.metrics import DraftMetrics
 from dspark_train.model.config import DraftConfig
@@ -398,18 +398,8 @@ class Trainer:
         if not cached:
             summary["train_seconds"] = round(self.train_seconds, 2)
             summary["data_wait_frac"] = round(self.data_wait_frac, 4)
-        for prefix, figures in (("val_", self.last_val), ("untrained_val_", self.untrained_val)):
-            if not figures:
-                continue
-            summary[f"{prefix}mean_accepted_length"] = figures["accepted_length"]
-            for key in ("full_accuracy", "acceptance_rate", "confidence_abs_error"):
-                if key in figures:
-                    summary[f"{prefix}{key}"] = figures[key]
-            if prefix == "val_":
-                k = 1
-                while f"acc_pos_{k}" in figures:
-                    summary[f"val_acc_pos{k}"] = figures[f"acc_pos_{k}"]
-                    k += 1
+        summary.update(summary_figures("val_", self.last_val, per_position=True))
+        summary.update(summary_figures("untrained_val_", self.untrained_val, per_position=False))
         if self.dist.is_main:
             self.opts.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.opts.out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

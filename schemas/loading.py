@@ -98,9 +98,11 @@ def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None, 
     """Load, override and validate a recipe. `seed` (the `--seed` flag) wins over `seed` in the file."""
     path = recipe_path(name_or_path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    except (UnicodeDecodeError, OSError) as exc:  # binary junk, a directory, no permission
+        raise RecipeError(f"{path}: cannot read the recipe: {exc}") from exc
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
     for text in overrides or []:

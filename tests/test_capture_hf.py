@@ -131,6 +131,20 @@ def test_bad_layer_ids_fail_before_any_work(tmp_path, regen_dir, tiny_random_tar
     assert not out.exists()
 
 
+def test_hidden_size_mismatch_is_a_clear_error(tmp_path, regen_dir, tiny_random_target):
+    """Against the loaded model (a plan made for another target) and against an existing output."""
+    from dspark_data.store import FingerprintMismatch, HiddenStateWriter
+
+    with pytest.raises(CaptureConfigError, match="config says 256, transformers' config of .* says 128"):
+        HfCapture(tiny_random_target, plan_layers([1], True, 6, 256), EngineOptions(dtype="float32"))
+    out = tmp_path / "hidden"
+    recipe = tiny_recipe(tiny_random_target, "capture.backend=hf")
+    with HiddenStateWriter(out, layer_ids=[1, 3, 5, 6], hidden_size=64, codec="zstd-split", target="x", seq_len=8):
+        pass
+    with pytest.raises(FingerprintMismatch, match="hidden_size"):
+        dump_hidden(recipe, regen_dir, out)
+
+
 def test_nonfinite_samples_are_rejected_with_a_reason(tmp_path, regen_dir, tiny_random_target, monkeypatch):
     """A capture with Inf (e.g. a bf16 overflow) goes to the errors file, the rest is stored."""
     original = HfCapture.capture_one

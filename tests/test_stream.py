@@ -6,19 +6,24 @@ test_stream_vllm.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
+from aiohttp import web
 from test_stream_support import (
     ROOT,
     SMALL,
     Server,
+    cli_train_argv,
     final_weights,
     free_port,
     make_regen,
@@ -136,7 +141,8 @@ def streamed(env) -> dict:
     """The reference run: 2 ranks (gloo) streaming with a cache; what the server served for it."""
     root, server = env["root"], env["server"]
     before = server.stats()["served_ids"]
-    proc = run(train_argv(env["regen"], root / "streamed", [server.url], nproc=2, sets=SMALL, cache=root / "cache"))
+    argv = cli_train_argv(env["regen"], root / "streamed", [server.url], nproc=2, sets=SMALL, cache=root / "cache")
+    proc = run(argv)  # `dspark train --stream --nproc-per-node 2`, as the runbook says
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = server.stats()["served_ids"]
     return {"out": root / "streamed", "served": {k: v - before.get(k, 0) for k, v in after.items()}}
@@ -236,3 +242,88 @@ def test_bad_requests_are_final(env) -> None:
     mismatch = httpx.post(url, json={"id": "x", "input_ids": [20, 21], "loss_mask": [True]}, timeout=10)
     assert mismatch.status_code == 400 and not mismatch.json()["retry"]
 
+
+
+# ---------------------------------------------------------------- in-process: refusals and rejections
+
+
+class _InProcess:
+    """Gateway + fake upstream on an event loop in a thread (fast, and lets a test poison the states)."""
+
+    def __init__(self, tmp: Path, token: str | None = None) -> None:
+        from dspark_data.capture.layers import plan_layers
+        from dspark_data.stream.fake_upstream import FakeUpstream
+        from dspark_data.stream.gateway import Gateway, GatewayConfig
+        from schemas.stream import StreamInfo
+
+        plan = plan_layers([1, 3, 5], True, 6, 128)
+        info = StreamInfo(server_id="inproc", recipe="tiny", target="tiny:random", seq_len=64, max_tokens=64,
+                          vocab_size=2048, layer_ids=list(plan.stored_ids), hidden_size=128, codec="zstd-split",
+                          zstd_level=1, max_inflight=4, max_queue=8)
+        spool = tmp / "spool"
+        spool.mkdir()
+        up_port, self.port = free_port(), free_port()
+        self.upstream = FakeUpstream(plan, 2048, spool)
+        self.gateway = Gateway(GatewayConfig(info, plan, f"http://127.0.0.1:{up_port}", token=token, spool_dir=spool))
+        self.gateway.ready = True
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def main() -> None:
+            for application, port in ((self.upstream.app(), up_port), (self.gateway.app(), self.port)):
+                runner = web.AppRunner(application, access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", port).start()
+            started.set()
+
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(main(), self.loop)
+        assert started.wait(30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_rejected_capture_is_final_recorded_and_left_out(tmp_path, monkeypatch, tiny_random_target) -> None:
+    """A NaN capture: 422 (no retry), the trainer stops naming the sample, the cache records it, a rerun skips it."""
+    import dspark_data.stream.fake_upstream as fake
+    from dspark_data.stream.client import SampleRejected, ServerMismatch, StreamClient
+    from dspark_train.data.stream_source import StreamError, StreamOptions, open_stream_source
+    from schemas.loading import load_recipe
+
+    original = fake.fake_hidden
+
+    def poisoned(ids, *args):
+        out = original(ids, *args)
+        if int(ids[0]) == 17:  # the poisoned conversation starts with token 17
+            out[0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(fake, "fake_hidden", poisoned)
+    server = _InProcess(tmp_path)
+    try:
+        client = StreamClient([server.url], None)
+        client.connect()
+        with pytest.raises(SampleRejected, match="nonfinite"):
+            client.fetch("p", np.array([17, 20, 21]), np.array([False, True, True]))
+        assert client.stats.retries == 0
+        with pytest.raises(ServerMismatch, match="codec: expected 'fp8'"):
+            StreamClient([server.url], None, expect={**client.info.capture_fields(), "codec": "fp8"}).connect()
+
+        poison = {"id": "poison", "input_ids": [17, 20, 21, 22], "loss_mask": [False, True, True, True]}
+        regen = make_regen(tmp_path / "regen", 6, extra=[poison])
+        recipe = load_recipe("tiny", SMALL)
+        opts = StreamOptions((server.url,), cache_dir=tmp_path / "cache")
+        source = open_stream_source(recipe, opts, data_dir=regen, num_hidden_layers=6, hidden_size=128)
+        assert len(source) == 7
+        with pytest.raises(StreamError, match="poison.*nonfinite"):
+            source.get(source.ids.index("poison"))
+        assert source.get(0).hidden.shape[1:] == (4, 128)
+        source.close()
+        again = open_stream_source(recipe, opts, data_dir=regen, num_hidden_layers=6, hidden_size=128)
+        assert len(again) == 6 and "poison" not in again.ids  # left out, as dump-hidden leaves it out
+        assert again.get(0).id == source.ids[0] and again.stats.cache_hits == 1
+        again.close()
+    finally:
+        server.close()

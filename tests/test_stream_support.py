@@ -52,8 +52,8 @@ VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 def make_regen(directory: Path, n: int, *, vocab: int = 2048, min_len: int = 24, max_len: int = 64, seed: int = 0,
-               prefix: str = "conv") -> Path:
-    """A regen-shaped store dataset (id, input_ids, loss_mask) of `n` random conversations."""
+               prefix: str = "conv", extra: list[dict] | None = None) -> Path:
+    """A regen-shaped store dataset (id, input_ids, loss_mask) of `n` random conversations, then `extra` rows."""
     rng = np.random.default_rng(seed)
     with ShardWriter(directory, "regen", REGEN_SCHEMA, {"test": "stream", "n": n, "seed": seed}, shard_rows=16) as w:
         for i in range(n):
@@ -61,6 +61,8 @@ def make_regen(directory: Path, n: int, *, vocab: int = 2048, min_len: int = 24,
             ids = rng.integers(16, vocab, t).tolist()
             prompt = int(rng.integers(4, t // 2))
             w.write({"id": f"{prefix}-{i:04d}", "input_ids": ids, "loss_mask": [j >= prompt for j in range(t)]})
+        for row in extra or []:
+            w.write(row)
     return directory
 
 
@@ -151,6 +153,20 @@ def train_argv(regen: Path, out: Path, endpoints: list[str], *, nproc: int, sets
     for item in sets:
         argv += ["--set", item]
     return argv + (extra or [])
+
+
+def cli_train_argv(regen: Path, out: Path, endpoints: list[str], *, nproc: int, sets: list[str],
+                   cache: Path | None = None) -> list[str]:
+    """The documented command: `dspark train --stream ... --nproc-per-node N` (it launches torchrun)."""
+    argv = [sys.executable, "-m", "cli", "train", "--recipe", "tiny", "--data", str(regen), "--out", str(out),
+            "--stream", "--nproc-per-node", str(nproc)]
+    for url in endpoints:
+        argv += ["--endpoint", url]
+    if cache is not None:
+        argv += ["--cache-dir", str(cache)]
+    for item in sets:
+        argv += ["--set", item]
+    return argv
 
 
 def offline_argv(data: Path, out: Path, *, nproc: int, sets: list[str], extra: list[str] | None = None) -> list[str]:

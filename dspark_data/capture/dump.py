@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dspark_data.capture.backend import EngineOptions, open_backend
-from dspark_data.capture.layers import LayerPlan, plan_layers
+from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
 from dspark_data.store import HiddenStateWriter, open_dataset
@@ -66,6 +66,11 @@ def dump_hidden(
     from dspark_data.targets import load_target_info, resolve_target
 
     regen = open_dataset(data_dir, require_complete=True)  # cheap checks first: building a tiny target is not
+    if regen.manifest.kind != "regen":
+        raise CaptureConfigError(
+            f"--data {data_dir} is a {regen.manifest.kind!r} dataset, not a regen dataset: pass the output of "
+            "`dspark regen`"
+        )
     model_path = resolve_target(recipe.target.model)
     info = load_target_info(model_path)
     capture = recipe.capture
@@ -106,7 +111,7 @@ def dump_hidden(
             )
             engine = open_backend(backend_name, model_path, plan, options)
             try:
-                samples = _samples(regen, todo, recipe.seq_len)
+                samples = _samples(regen, todo, recipe.seq_len, info.vocab_size)
                 stats = _capture_into(engine, writer, plan, samples, len(todo), capture.batch_size, console)
             finally:
                 engine.close()
@@ -119,11 +124,17 @@ def dump_hidden(
     return summary
 
 
-def _samples(regen: Any, indices: list[int], seq_len: int) -> Iterator[Sample]:
-    """Regen rows in order, truncated to seq_len (read lazily: the dataset may be large)."""
+def _samples(regen: Any, indices: list[int], seq_len: int, vocab_size: int | None = None) -> Iterator[Sample]:
+    """Regen rows in order, truncated to seq_len (read lazily: the dataset may be large). A token id outside
+    the target's vocab means data tokenized for another target: an error naming the sample, not a crash."""
     for i in indices:
         row = regen.row(i)
         ids = torch.as_tensor(row["input_ids"], dtype=torch.int64)[:seq_len]
+        if vocab_size is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
+            raise CaptureConfigError(
+                f"regen sample {row['id']!r} (row {i}) has token ids in [{int(ids.min())}, {int(ids.max())}], outside "
+                f"the target's vocab_size={vocab_size}: the regen data was made with another target"
+            )
         mask = torch.as_tensor(row["loss_mask"], dtype=torch.bool)[:seq_len]
         yield Sample(str(row["id"]), ids, mask)
 

@@ -232,7 +232,10 @@ def make_context(recipe: Recipe, target_path: str, sampling: SamplingRecord) -> 
     from transformers import AutoTokenizer
 
     revision = recipe.target.revision
-    tokenizer = AutoTokenizer.from_pretrained(target_path, revision=revision)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target_path, revision=revision)
+    except (OSError, ValueError) as exc:  # missing or broken tokenizer files: name the target
+        raise ValueError(f"target {target_path}: cannot load its tokenizer: {exc}") from exc
     return RegenContext(
         tokenizer=tokenizer,
         splitter=ReasoningSplitter(tokenizer, _stop_ids(tokenizer, target_path, revision)),

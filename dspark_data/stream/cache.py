@@ -105,7 +105,8 @@ def read_wanted(cache_dir: Path) -> set[str]:
     return out
 
 
-def _parts(cache_dir: Path) -> list[Path]:
+def cache_parts(cache_dir: Path) -> list[Path]:
+    """The part directories holding a committed manifest, in rank order."""
     return sorted(p for p in Path(cache_dir).glob(f"{PART_PREFIX}*") if (p / MANIFEST_NAME).is_file())
 
 
@@ -128,7 +129,7 @@ class PartsView:
                 return
             self._last = now
             changed = False
-            for part in _parts(self.cache_dir):
+            for part in cache_parts(self.cache_dir):
                 st = (part / MANIFEST_NAME).stat()
                 stamp = (st.st_mtime_ns, st.st_size)
                 if self._stamp.get(part) != stamp:
@@ -145,7 +146,7 @@ class PartsView:
     def error_ids(self) -> set[str]:
         """Samples some rank's server rejected (kept out of training, as dump-hidden keeps them out)."""
         out: set[str] = set()
-        for part in _parts(self.cache_dir):
+        for part in cache_parts(self.cache_dir):
             errors = part / "errors.jsonl"
             if errors.is_file():
                 with open(errors, "rb") as f:
@@ -266,7 +267,7 @@ class CacheDataset:
 
     def __init__(self, cache_dir: Path):
         self.directory = Path(cache_dir)
-        parts = [open_hidden(p) for p in _parts(self.directory)]
+        parts = [open_hidden(p) for p in cache_parts(self.directory)]
         if not parts:
             raise StoreError(f"{cache_dir}: a stream cache without any committed part; stream first")
         first = parts[0].manifest

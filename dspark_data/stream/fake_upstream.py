@@ -14,6 +14,7 @@ plus a small positional term, so two servers (or a restart) return identical byt
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from pathlib import Path
 
@@ -24,15 +25,18 @@ from dspark_data.capture.layers import LayerPlan
 from dspark_data.capture.spool import spool_path, write_record
 
 
+@functools.lru_cache(maxsize=16)
+def _table(layer: int, vocab_size: int, hidden_size: int) -> torch.Tensor:
+    return torch.randn(vocab_size, hidden_size, generator=torch.Generator().manual_seed(1000 + layer))
+
+
 def fake_hidden(token_ids: torch.Tensor, layer_ids: tuple[int, ...], hidden_size: int, vocab_size: int) -> torch.Tensor:
     """[T, L, H] bf16 states for `token_ids`, layers in the given (engine) order; deterministic."""
     t = int(token_ids.shape[0])
     out = torch.empty(t, len(layer_ids), hidden_size, dtype=torch.float32)
     pos = torch.arange(t, dtype=torch.float32)[:, None] / max(t, 1)
     for j, layer in enumerate(layer_ids):
-        g = torch.Generator().manual_seed(1000 + int(layer))
-        table = torch.randn(vocab_size, hidden_size, generator=g)
-        out[:, j] = table[token_ids] + 0.1 * pos
+        out[:, j] = _table(int(layer), vocab_size, hidden_size)[token_ids] + 0.1 * pos
     return out.to(torch.bfloat16)
 
 

@@ -78,6 +78,7 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
         self.ready = False
+        self._closing = False  # set at shutdown: spool waits stop at once instead of running to their timeout
         self._perm = cfg.plan.engine_permutation()
         self._slots = asyncio.Semaphore(cfg.info.max_inflight)
         self._waiting = 0
@@ -100,6 +101,7 @@ class Gateway:
         app.router.add_get("/v1/info", self.info)
         app.router.add_get("/v1/stats", self.stats)
         app.router.add_post("/v1/hidden", self.hidden)
+        app.on_shutdown.append(self._shutdown)  # before aiohttp waits for the handlers still running
         app.on_cleanup.append(self._close)
         return app
 
@@ -108,6 +110,10 @@ class Gateway:
         if not authorized(request.headers.get("Authorization"), self.cfg.token):
             return error_response(GatewayError(401, "unauthorized", "missing or wrong Authorization: Bearer token"))
         return await handler(request)
+
+    async def _shutdown(self, _app: web.Application) -> None:
+        self._closing = True
+        self.ready = False
 
     async def _close(self, _app: web.Application) -> None:
         if self._session is not None:
@@ -193,7 +199,9 @@ class Gateway:
         path = await self._submit(req)
         loop = asyncio.get_running_loop()
         try:
-            record = await loop.run_in_executor(self._wait_pool, take_record, path, self.cfg.spool_timeout_s)
+            record = await loop.run_in_executor(
+                self._wait_pool, take_record, path, self.cfg.spool_timeout_s, lambda: not self._closing
+            )
         except SpoolError as exc:
             timed_out = "timed out" in str(exc)
             raise GatewayError(504 if timed_out else 502, "spool", str(exc), retry=True) from None

@@ -110,15 +110,15 @@ def open_source(path: str | Path, *, skip: Collection[str] = (), verify: bool = 
     samples are all in `skip` (`data/integrity.py`); `skip`: sample ids left out of training.
     """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
-    from dspark_data.stream.cache import is_cache, open_cache
+    from dspark_data.stream.cache import cache_parts, is_cache, open_cache
 
-    if is_cache(Path(path)):  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
-        return StoreSource(open_cache(Path(path)))
+    cache = is_cache(Path(path))  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
     if verify:
         from dspark_train.data.integrity import check_integrity
 
-        check_integrity(path, skip)
-    return StoreSource(open_hidden(Path(path)), skip=skip)
+        for directory in cache_parts(Path(path)) if cache else [Path(path)]:
+            check_integrity(directory, skip)
+    return StoreSource(open_cache(Path(path)) if cache else open_hidden(Path(path)), skip=skip)
 
 
 class SyntheticHiddenSource:

@@ -132,6 +132,7 @@ class OpenAIBackend:
     def close(self) -> None:
         if self._loop.is_closed():
             return
+        log.info("openai backend: %s", self.stats)
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
@@ -190,6 +191,9 @@ class OpenAIBackend:
             except _Permanent as err:
                 self.stats["failures"] += 1
                 result = TurnFailure(req.sample_id, req.turn, err.reason, err.detail)
+            except Exception as exc:  # noqa: BLE001 - a worker must always answer, or poll() would wait forever
+                self.stats["failures"] += 1
+                result = TurnFailure(req.sample_id, req.turn, "client_error", f"{type(exc).__name__}: {exc}")
             self._results.put(result)
 
     def _backoff(self, attempt: int) -> float:
