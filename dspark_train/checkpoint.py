@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -128,7 +129,11 @@ class Checkpointer:
         pointer = self.dir / LATEST
         if not pointer.is_file():
             return None
-        path = self.dir / pointer.read_text().strip()
+        name = pointer.read_text().strip()
+        if not re.fullmatch(r"step-\d+", name):  # a hand-edited pointer must not lead outside the checkpoints
+            raise CheckpointMismatch(f"{pointer} names {name!r}, not a step-NNNNNN directory of {self.dir}: "
+                                     "fix or remove the pointer")
+        path = self.dir / name
         return path if (path / "state.json").is_file() else None
 
     @staticmethod

@@ -344,7 +344,7 @@ class Trainer:
                 if self.step % t.log_every == 0 or last:
                     pending_tokens = self._log_window(window, running, pending_tokens)
                     running = {}
-                if self.step % t.val_every == 0 or last:
+                if (self.step % t.val_every == 0 or last) and self.val_indices:
                     self.last_val = self.validate()
                     self.logger.val(self.step, self.last_val, self.draft_config.num_draft_tokens)
                 if self.step % t.save_every == 0 or last:

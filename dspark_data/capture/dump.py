@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -128,15 +129,16 @@ def _samples(regen: Any, indices: list[int], seq_len: int, vocab_size: int | Non
     """Regen rows in order, truncated to seq_len (read lazily: the dataset may be large). A token id outside
     the target's vocab means data tokenized for another target: an error naming the sample, not a crash."""
     for i in indices:
-        row = regen.row(i)
-        ids = torch.as_tensor(row["input_ids"], dtype=torch.int64)[:seq_len]
+        batch, r = regen.record(i)  # only the columns capture needs (a regen row also holds the messages)
+        sid = regen.ids[i]
+        ids = torch.from_numpy(batch.column("input_ids")[r].values.to_numpy().astype(np.int64)[:seq_len])
         if vocab_size is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
             raise CaptureConfigError(
-                f"regen sample {row['id']!r} (row {i}) has token ids in [{int(ids.min())}, {int(ids.max())}], outside "
+                f"regen sample {sid!r} (row {i}) has token ids in [{int(ids.min())}, {int(ids.max())}], outside "
                 f"the target's vocab_size={vocab_size}: the regen data was made with another target"
             )
-        mask = torch.as_tensor(row["loss_mask"], dtype=torch.bool)[:seq_len]
-        yield Sample(str(row["id"]), ids, mask)
+        mask = batch.column("loss_mask")[r].values.to_numpy(zero_copy_only=False).astype(bool)[:seq_len]
+        yield Sample(sid, ids, torch.from_numpy(mask))
 
 
 def _capture_into(

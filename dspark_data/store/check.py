@@ -108,8 +108,18 @@ def _check_totals(m: Manifest, report: VerifyReport) -> None:
         row += e.samples
 
 
+def _outside(directory: Path, name: str) -> bool:
+    """True when `name` resolves outside the dataset directory (a symbolic link pointing out)."""
+    return (directory / name).resolve().parent != directory.resolve()
+
+
 def _verify_shard(directory: Path, m: Manifest, n: int, e: ShardEntry, report: VerifyReport, seen: dict) -> None:
     report.shards_checked += 1
+    escaping = [name for name in (e.file, e.index_file) if _outside(directory, name)]
+    for name in escaping:  # the reader refuses these; never read through them
+        report.add(Issue(name, "resolves outside the dataset directory (symbolic link?); the reader refuses it", n))
+    if escaping:
+        return
     index = _load_index(directory, n, e, report)
     if index is not None:
         ids = index.column("id").to_pylist()
@@ -201,6 +211,9 @@ def _locate_damage(path: Path, n: int, e: ShardEntry, index: pa.Table, report: V
 
 def _check_errors_file(directory: Path, m: Manifest, report: VerifyReport) -> None:
     path = directory / m.errors_file
+    if path.is_symlink():
+        report.add(Issue(m.errors_file, "is a symbolic link (writers refuse to write through it)"))
+        return
     if not m.errors_bytes:
         return
     if not path.is_file() or path.stat().st_size < m.errors_bytes:

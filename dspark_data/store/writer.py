@@ -108,7 +108,10 @@ class ShardWriter:
         self._ipc_options = pa.ipc.IpcWriteOptions(compression=ipc_compression)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.directory)
-        self._lock.acquire()
+        try:
+            self._lock.acquire()
+        except OSError as exc:  # e.g. the lock file is a symlink (refused: it could point outside the directory)
+            raise StoreError(f"{self._lock.path}: cannot take the writer lock: {exc}") from None
         try:
             if overwrite:
                 self._remove_dataset_files()
@@ -345,6 +348,9 @@ class ShardWriter:
                         f"{self.directory}`, then rewrite with --overwrite or a new --out"
                     )
         errors = self.directory / self.manifest.errors_file
+        if errors.is_symlink():  # truncating or appending through a link would write outside the dataset
+            raise StoreError(f"{errors}: is a symbolic link; the store never writes through links: replace it with "
+                             "the file itself")
         size = errors.stat().st_size if errors.exists() else 0
         if size < self.manifest.errors_bytes:
             raise StoreError(f"{errors}: shorter ({size} B) than committed ({self.manifest.errors_bytes} B)")

@@ -60,12 +60,13 @@ def context() -> multiprocessing.context.BaseContext:
     return _CTX
 
 
-def _child(argv: list[str], log: str) -> None:
+def _child(argv: list[str], log: str, env: dict[str, str] | None = None) -> None:
     """Body of a child: stdout/stderr to `log`, then the `dspark` CLI (its SystemExit is the exit code)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.environ["COLUMNS"] = "200"
+    os.environ.update(env or {})
     print(f"\n$ dspark {' '.join(argv)}", flush=True)
     from cli.main import app
 
@@ -89,8 +90,9 @@ def warm() -> None:
         _WARM = True
 
 
-def start(argv: list[str], log: Path) -> multiprocessing.process.BaseProcess:
-    proc = context().Process(target=_child, args=(list(argv), str(log)), daemon=True)
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> multiprocessing.process.BaseProcess:
+    """`dspark argv` in a pre-warmed child (`env`: extra environment variables for it)."""
+    proc = context().Process(target=_child, args=(list(argv), str(log), env), daemon=True)
     proc.start()
     return proc
 
