@@ -192,13 +192,14 @@ def test_trained_target_answers_with_think_structure(tiny_trained_target):
     model = AutoModelForCausalLM.from_pretrained(tiny_trained_target, dtype=torch.float32).eval()
     record = json.loads((Path(tiny_trained_target) / "build.json").read_text())["train"]
     assert record["loss_start"] > 7.0 and record["loss_end"] < 3.5
-    think, end_think = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    think, end_think, eos = tok.convert_tokens_to_ids(["<think>", "</think>", "<|endoftext|>"])
     structured = 0
     rows = load_embedded_prompts()[:16]
     for row in rows:
         ids = tok.apply_chat_template(row["messages"], add_generation_prompt=True, return_dict=True)["input_ids"]
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=64, temperature=None,
+            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=160, temperature=None,
                                  top_p=None, top_k=None)[0, len(ids):].tolist()  # fmt: skip
-        structured += out[0] == think and end_think in out
-    assert structured >= 12, f"only {structured}/16 greedy answers start with <think>...</think>"
+        # <think>REASONING</think>\nANSWER<|endoftext|>
+        structured += out[0] == think and end_think in out and eos in out and out.index(end_think) < out.index(eos)
+    assert structured >= 12, f"only {structured}/16 greedy answers have the <think>...</think> answer<eos> layout"
