@@ -63,5 +63,6 @@ def eval_(
         fail(str(exc))
     console.print((where / "acceptance.md").read_text())
     lengths = {k: v for k, v in summary.items() if k.endswith("_avg_length")}
-    console.print(f"eval {'live' if server else 'offline'}: " + ", ".join(f"{k} {v:.2f}" for k, v in lengths.items())
+    state = "live" if server else ("offline (cached)" if summary.get("cached") else "offline")
+    console.print(f"eval {state}: " + ", ".join(f"{k} {v:.2f}" for k, v in lengths.items())
                   + f" -> {where}")

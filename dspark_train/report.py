@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from dspark_data.store.files import atomic_write_bytes  # noqa: E402
 
+LOSS_TERMS = ("ce", "tv", "kl", "confidence")  # trainer's per-term figures in metrics.jsonl
 VAL_KEYS = ("accepted_length", "full_accuracy", "acceptance_rate", "confidence_abs_error")
 CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -72,17 +73,18 @@ def training_section(train_dir: Path) -> tuple[str, dict[str, Any]]:
         return _missing(f"No training metrics ({train_dir}/metrics.jsonl): run `dspark train`."), {}
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
-    for key in loss_keys:
-        pts = [(r["step"], r[key]) for r in train if isinstance(r.get(key), (int, float))]
-        axes[0].plot(*zip(*pts, strict=True), label=key) if pts else None
-    axes[0].set(title="training loss", xlabel="step")
-    axes[0].legend(fontsize=8) if loss_keys else None
-    lr = [(r["step"], r["lr"]) for r in train if "lr" in r]
-    if lr:
-        axes[1].plot(*zip(*lr, strict=True), color="gray")
-    axes[1].set(title="learning rate", xlabel="step")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    panels = ((axes[0], "training loss", ["loss"]),
+              (axes[1], "loss terms", [k for k in LOSS_TERMS if any(k in r for r in train)]),
+              (axes[2], "learning rate", ["lr"]))
+    for ax, title, keys in panels:
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in train if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=key)
+        ax.set(title=title, xlabel="step")
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
     parts = ["<h2>Training</h2>", _png(fig)]
     out: dict[str, Any] = {"train_steps": train[-1]["step"] if train else 0}
     if val:

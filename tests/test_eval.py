@@ -147,9 +147,9 @@ def test_cli_offline_eval_writes_tables(export_dir: Path, tmp_path: Path):
 
     prompts = tmp_path / "HumanEval.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"def add{i}(a, b):"}) + "\n" for i in range(2)))
-    result = CliRunner().invoke(app, ["eval", "--draft", str(export_dir), "--prompts", str(prompts),
-                                      "--prompts", "math", "--num-prompts", "2", "--max-new-tokens", "12",
-                                      "--dtype", "float32", "--threads", "1", "--out", str(tmp_path / "eval")])
+    args = ["eval", "--draft", str(export_dir), "--prompts", str(prompts), "--prompts", "math", "--num-prompts", "2",
+            "--max-new-tokens", "12", "--dtype", "float32", "--threads", "1", "--out", str(tmp_path / "eval")]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "| Dataset | Pos 1 | Pos 2 | Pos 3 | Pos 4 | Pos 5 | Pos 6 | Pos 7 | Avg Length |" in result.output
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
@@ -159,3 +159,5 @@ def test_cli_offline_eval_writes_tables(export_dir: Path, tmp_path: Path):
             assert 0.0 <= summary[f"{name}_{mode}_pos7"] <= summary[f"{name}_{mode}_pos1"] <= 1.0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(results["math"]["sampled"]["calibration"]) >= {"predicted", "observed", "analytic", "bins"}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "eval offline (cached)" in again.output, again.output

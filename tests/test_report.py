@@ -29,7 +29,7 @@ def _results(scale: float) -> dict:
 
 def make_run(root: Path) -> Path:
     run = root / "runs" / "tiny"
-    lines = [{"kind": "train", "step": s, "loss": 3.0 / s, "loss_tv": 2.0 / s, "lr": 1e-3} for s in range(1, 11)]
+    lines = [{"kind": "train", "step": s, "loss": 3 / s, "tv": 2 / s, "ce": 4 / s, "lr": 1e-3} for s in range(1, 11)]
     lines += [{"kind": "val", "step": s, "accepted_length": 1 + s / 10, "full_accuracy": 0.3, "acceptance_rate": 0.2,
                "confidence_abs_error": 0.1, **{f"acc_pos_{k}": 0.5 / k for k in range(1, 8)}} for s in (5, 10)]
     (run / "train").mkdir(parents=True)

@@ -194,7 +194,7 @@ def test_trained_target_answers_with_think_structure(tiny_trained_target):
     assert record["loss_start"] > 7.0 and record["loss_end"] < 3.5
     think, end_think, eos = tok.convert_tokens_to_ids(["<think>", "</think>", "<|endoftext|>"])
     structured = 0
-    rows = load_embedded_prompts()[:16]
+    rows = load_embedded_prompts()[:8]
     for row in rows:
         ids = tok.apply_chat_template(row["messages"], add_generation_prompt=True, return_dict=True)["input_ids"]
         with torch.no_grad():
@@ -202,4 +202,4 @@ def test_trained_target_answers_with_think_structure(tiny_trained_target):
                                  top_p=None, top_k=None)[0, len(ids):].tolist()  # fmt: skip
         # <think>REASONING</think>\nANSWER<|endoftext|>
         structured += out[0] == think and end_think in out and eos in out and out.index(end_think) < out.index(eos)
-    assert structured >= 12, f"only {structured}/16 greedy answers have the <think>...</think> answer<eos> layout"
+    assert structured >= 6, f"only {structured}/8 greedy answers have the <think>...</think> answer<eos> layout"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,14 @@ from dspark_train.eval.consistency import consistency_for_set
 from dspark_train.eval.prompts import load_prompt_set
 from dspark_train.eval.speculative import Calibration, SamplingParams, speculate
 from dspark_train.eval.target import HfTarget
-from dspark_train.export.load import load_export
+from dspark_train.export.load import LoadedDraft, load_export
+from schemas import fingerprint
 
 MODES = {
     "greedy": SamplingParams(temperature=0.0),
     "sampled": SamplingParams(temperature=1.0, top_p=0.95),  # the seed card's "default sampling"
 }
+TINY_HIDDEN = 512  # targets at most this wide are evaluated on one CPU thread by default
 MODE_TITLES = {"greedy": "Greedy (temperature=0)", "sampled": "Default sampling (temperature=1.0, top_p=0.95)"}
 
 
@@ -50,7 +54,7 @@ class EvalOptions:
     dtype: str = "bfloat16"
     draft_sampling: str = "probabilistic"
     seed: int = 0
-    num_threads: int | None = None  # torch CPU threads; 1 is fastest for tiny models on a busy machine
+    num_threads: int | None = None  # torch CPU threads (None: 1 for tiny CPU targets, else torch's default)
     consistency: bool = False  # also compare with the trainer's metric on the same data (consistency.py)
 
 
@@ -76,11 +80,47 @@ def eos_ids(path: str, tokenizer: Any) -> set[int]:
     return ids
 
 
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` torch CPU threads (None: unchanged), restoring the previous setting afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _export_identity(draft_dir: Path) -> Any:
+    """What identifies an export for caching: its own fingerprint, else its files' sizes and times."""
+    summary = draft_dir / "summary.json"
+    if summary.is_file() and "fingerprint" in (data := json.loads(summary.read_text())):
+        return data["fingerprint"]
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(draft_dir.iterdir()) if p.is_file()}
+
+
 def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
-    """Evaluate every (prompt set, mode); write the outputs; return the flat summary."""
-    if opts.num_threads:
-        torch.set_num_threads(opts.num_threads)
+    """Evaluate every (prompt set, mode); write the outputs; return the flat summary (reused when unchanged)."""
+    fp = fingerprint({"export": _export_identity(Path(opts.draft_dir)),
+                      **{k: str(v) for k, v in vars(opts).items() if k not in ("out_dir", "num_threads")}})
+    previous = Path(opts.out_dir) / "summary.json"
+    if previous.is_file() and (Path(opts.out_dir) / "results.json").is_file():
+        old = json.loads(previous.read_text())
+        if old.get("fingerprint") == fp:
+            return {**old, "cached": True}
     loaded = load_export(opts.draft_dir, target=opts.target)
+    threads = opts.num_threads
+    if threads is None and loaded.config.hidden_size <= TINY_HIDDEN:
+        threads = 1  # matmuls this small gain nothing from intra-op threads, and spinning threads thrash a busy CPU
+    with cpu_threads(threads):
+        summary = _evaluate(opts, loaded)
+    summary["fingerprint"] = fp
+    atomic_write_bytes(previous, (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def _evaluate(opts: EvalOptions, loaded: LoadedDraft) -> dict[str, Any]:
     k = opts.num_speculative_tokens or loaded.num_speculative_tokens
     target_path = opts.target or loaded.verifier
     target = HfTarget(target_path, loaded.aux_layer_ids, dtype=opts.dtype)
@@ -93,9 +133,10 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
     consistency: dict[str, Any] = {}
     for spec in opts.prompt_sets:
         pset = load_prompt_set(spec, opts.num_prompts)
+        prompts = [chat_ids(tokenizer, m) for m in pset.conversations]
         if opts.consistency:
-            ids = [chat_ids(tokenizer, m) for m in pset.conversations]
-            c = consistency_for_set(loaded.model, target, ids, k=k, max_new_tokens=opts.max_new_tokens, eos_ids=stops)
+            c = consistency_for_set(loaded.model, target, prompts, k=k, max_new_tokens=opts.max_new_tokens,
+                                    eos_ids=stops)
             consistency[pset.name] = c
             summary[f"{pset.name}_consistency_spec_avg_length"] = round(c["speculative_decoding"]["avg_length"], 4)
             for key in ("visited", "all"):
@@ -104,16 +145,16 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
         for mode in opts.modes:
             params = SamplingParams(**{**MODES[mode].__dict__, "draft_sampling": opts.draft_sampling})
             counts, calib, n_tokens = AcceptanceCounts.empty(k), Calibration.empty(k), 0
-            for i, messages in enumerate(pset.conversations):
+            for i, ids in enumerate(prompts):
                 gen = torch.Generator().manual_seed(derive_seed(opts.seed, "eval", pset.name, mode, i))
-                out = speculate(target, loaded.model, chat_ids(tokenizer, messages), k=k,
-                                max_new_tokens=opts.max_new_tokens, params=params, eos_ids=stops, generator=gen)
+                out = speculate(target, loaded.model, ids, k=k, max_new_tokens=opts.max_new_tokens, params=params,
+                                eos_ids=stops, generator=gen)
                 counts, calib = counts.merge(out.counts), calib.merge(out.calibration)
                 n_tokens += len(out.tokens)
             results.setdefault(pset.name, {})[mode] = {
                 "counts": counts.to_json(),
                 "calibration": calib.to_json(loaded.config.enable_confidence_head),
-                "num_prompts": len(pset.conversations),
+                "num_prompts": len(prompts),
                 "generated_tokens": n_tokens,
             }
             summary[f"{pset.name}_{mode}_avg_length"] = round(counts.avg_length(), 4)

@@ -79,6 +79,10 @@ def load_export(directory: Path, *, target: str | None = None, device: str | tor
     head = load_target_head(verifier)
     tensors = load_file(str(directory / "model.safetensors"))
     t2d = tensors.get("t2d")
+    if t2d is None and "d2t" in tensors:  # vLLM needs only d2t; rebuild the mask from it
+        t2d = torch.zeros(cfg.target_vocab_size, dtype=torch.bool)
+        t2d[torch.arange(cfg.draft_vocab_size) + tensors["d2t"]] = True
+        tensors["t2d"] = t2d
     model = DSparkDraft(cfg, head.embed.float(), head.lm_head.float(), t2d)
     expected = set(model.state_dict())  # parameters + persistent d2t/t2d
     shipped_vocab = {"lm_head.weight", "d2t", "t2d"} & set(tensors)

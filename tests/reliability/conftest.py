@@ -74,6 +74,13 @@ def vllm_server(tiny_random_target: str, tmp_path_factory: pytest.TempPathFactor
                 proc.wait()
 
 
+@pytest.fixture(scope="package", autouse=True)
+def _stop_forkserver():
+    """The pre-warmed forkserver of the kill campaigns is released when the suite ends, not at exit."""
+    yield
+    harness.shutdown()
+
+
 @pytest.fixture(scope="package")
 def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 good prompts and 2 bad rows (the errors file is part of what a resume must get right)."""

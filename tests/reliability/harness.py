@@ -90,6 +90,18 @@ def warm() -> None:
         _WARM = True
 
 
+def shutdown() -> None:
+    """Stop the forkserver (it holds torch + transformers in memory) once the suite is done with it."""
+    global _WARM
+    if _WARM:
+        import multiprocessing.forkserver as forkserver
+
+        stop = getattr(forkserver._forkserver, "_stop", None)  # private, but stable since Python 3.8
+        if stop is not None:
+            stop()
+        _WARM = False
+
+
 def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> multiprocessing.process.BaseProcess:
     """`dspark argv` in a pre-warmed child (`env`: extra environment variables for it)."""
     proc = context().Process(target=_child, args=(list(argv), str(log), env), daemon=True)
