@@ -29,6 +29,7 @@ from dspark_data.capture.layers import LayerPlan, check_hidden_size
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
 from dspark_data.capture.vllm_limits import check_vllm_support
 from dspark_data.targets import load_target_info
+from dspark_data.vllm_env import apply_cpu_defaults
 
 CONNECTOR_MODULE = "dspark_data.capture.connector"
 CONNECTOR_CLASS = "DsparkHiddenStatesConnector"
@@ -96,6 +97,7 @@ class VllmCapture:
         self.max_requests = options.batch_size
         engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
         self.max_tokens = max(1, options.in_flight_bytes // engine_bytes)
+        apply_cpu_defaults()
         try:
             self.llm = LLM(**engine_kwargs(model_path, plan, options, self.spool_dir))
         except BaseException:

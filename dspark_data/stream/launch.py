@@ -44,6 +44,7 @@ from dspark_data.capture.layers import LayerPlan, plan_layers
 from dspark_data.capture.spool import default_spool_root
 from dspark_data.stream.auth import check_bind
 from dspark_data.stream.gateway import Gateway, GatewayConfig
+from dspark_data.vllm_env import apply_cpu_defaults
 from schemas.recipe import Recipe
 from schemas.stream import StreamInfo
 
@@ -236,6 +237,7 @@ async def _start_upstream(
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         return None, runner
+    apply_cpu_defaults()
     argv = vllm_command(setup, spool_dir, port, opts.vllm_args)
     env = {**os.environ, "VLLM_API_KEY": api_key}
     return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent), None

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 from typing import Any
 
 from dspark_data.targets.resolve import resolve_target
+from dspark_data.vllm_env import apply_cpu_defaults
 
 
 def chat_prompt_ids(target: str, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
@@ -85,9 +85,7 @@ def greedy_parity(target: str, num_prompts: int = 32, max_tokens: int = 16, dtyp
 
 
 def main() -> None:
-    # vLLM CPU defaults: without these it reserves ~92% of RAM for KV cache and keeps a core to itself.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    apply_cpu_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", help="tiny:trained, tiny:random or a local directory")
     parser.add_argument("--num-prompts", type=int, default=32)

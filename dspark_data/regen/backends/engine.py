@@ -37,6 +37,9 @@ def start_engine(
     minutes there and buys nothing for small models), vLLM's default elsewhere. On CPU chunked prefill
     is turned off (see below); a `vllm serve` for the openai backend on CPU needs the same
     `--no-enable-chunked-prefill`."""
+    from dspark_data.vllm_env import apply_cpu_defaults
+
+    apply_cpu_defaults()
     from vllm import LLM
     from vllm.platforms import current_platform
 
