@@ -12,6 +12,7 @@ from cli.export import export
 from cli.inspect_cmd import inspect, verify
 from cli.regen import regen
 from cli.report import report
+from cli.serve_target import serve_target
 from cli.train import train
 from cli.vocab import vocab
 
@@ -31,5 +32,5 @@ app.command("inspect")(inspect)
 app.command("verify")(verify)
 app.command("report")(report)
 app.command("demo")(demo)
-app.command("serve-target")(__import__("cli.serve_target", fromlist=["serve_target"]).serve_target)
+app.command("serve-target")(serve_target)
 app.add_typer(config_app, name="config")
