@@ -73,22 +73,51 @@ def demo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, seed: SeedOpt = None) 
         raise SystemExit(1)
 
 
+# (stage directory, summary.json key, label) of the figures the demo's summary shows.
+FIGURES: list[tuple[str, str, str]] = [
+    ("regen", "samples", "regenerated conversations"),
+    ("regen", "generated_tokens", "generated tokens"),
+    ("hidden", "samples", "hidden-state samples"),
+    ("hidden", "tokens", "hidden-state tokens"),
+    ("hidden", "codec", "codec"),
+    ("hidden", "bytes_per_token", "bytes/token (stored)"),
+    ("hidden", "compression_ratio", "compression ratio vs bf16"),
+    ("vocab", "draft_vocab_size", "draft vocab"),
+    ("vocab", "coverage", "draft vocab coverage"),
+    ("train", "steps", "training steps"),
+    ("train", "untrained_val_mean_accepted_length", "val mean accepted length (untrained)"),
+    ("train", "val_mean_accepted_length", "val mean accepted length"),
+    ("train", "val_full_accuracy", "val full accuracy"),
+    ("train", "val_acceptance_rate", "val mean acceptance rate"),
+    ("train", "val_confidence_abs_error", "val confidence abs error"),
+    ("report", "report", "report"),
+]
+
+
+def _format(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _print_summary(run_root: Path, statuses: list[tuple[str, str, float]]) -> None:
-    """One table for the stages, one for the figures each built stage reported."""
+    """The stage table, the key figures, per-position acceptance, and the eval table (seed card shape)."""
     stages = Table(title=f"dspark demo: {run_root}")
-    stages.add_column("stage")
-    stages.add_column("status")
-    stages.add_column("seconds", justify="right")
+    for column in ("stage", "status", "seconds"):
+        stages.add_column(column, justify="right" if column == "seconds" else "left")
     for label, status, seconds in statuses:
         stages.add_row(label, status, f"{seconds:.1f}")
     console.print(stages)
-    figures = Table(title="figures")
-    figures.add_column("stage")
-    figures.add_column("metric")
+    summaries = {directory: _summary(run_root / directory) for _, _, directory in PIPELINE}
+    figures = Table(title="summary")
+    figures.add_column("figure")
     figures.add_column("value", justify="right")
-    for _, _, directory in PIPELINE:
-        for key, value in _summary(run_root / directory).items():
-            if key in {"cached", "fingerprint"} or isinstance(value, (dict, list)):
-                continue
-            figures.add_row(directory, key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for directory, key, label in FIGURES:
+        if key in summaries[directory]:
+            figures.add_row(label, _format(summaries[directory][key]))
+    positions = [v for k, v in sorted(summaries["train"].items()) if k.startswith("val_acc_pos")]
+    if positions:
+        figures.add_row("val per-position acceptance", " / ".join(f"{v:.3f}" for v in positions))
     console.print(figures)
+    table = run_root / "eval" / "acceptance.md"
+    if table.is_file():
+        console.print("[bold]offline speculative decoding (eval)[/bold]")
+        console.print(table.read_text(), markup=False, highlight=False)
