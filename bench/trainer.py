@@ -77,7 +77,7 @@ def main() -> None:
         quiet = [f"target.model={args.target}", "train.val_every=1000000", "train.save_every=1000000",
                  "train.log_every=5", "train.val_fraction=0.02"]
         rows = {}
-        for label, extra in (("synchronous (num_workers=0)", ["train.num_workers=0"]), ("default loader", [])):
+        for label, extra in (("default loader", []), ("synchronous (num_workers=0)", ["train.num_workers=0"])):
             recipe = load_recipe(args.recipe, quiet + extra)
             rows[label] = measure(recipe, data, vocab, root / label.split()[0], args.steps)
             rows[label]["num_workers"] = recipe.train.num_workers

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import fail
+from dspark_data.regen.merge import find_parts, merge_check
 from dspark_data.store import StoreError
 from dspark_data.store import inspect as inspect_dataset
 from dspark_data.store import verify as verify_dataset
@@ -29,8 +30,31 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _merge_check(directory: Path, json_: bool) -> None:
+    """A parent of `part-*-of-*` folders (regen --num-shards N): check the parts form one dataset."""
+    report = merge_check(find_parts(directory))
+    if json_:
+        typer.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        status = "[green]OK[/green]" if report.ok else "[red]FAILED[/red]"
+        Console().print(
+            f"{status}: {report.parts} parts, {report.samples:,} samples, {report.errors:,} errors in {directory}"
+        )
+        for problem in report.problems:
+            Console().print(f"  [red]-[/red] {problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def inspect(directory: DirArg, json_: JsonOpt = False) -> None:
-    """Samples, tokens, bytes/token, compression ratio, codec, layers, fingerprint, shards."""
+    """Samples, tokens, bytes/token, compression ratio, codec, layers, fingerprint, shards.
+
+    On a directory of regen parts (`part-00000-of-00004/`, ...) it merge-checks them instead: same
+    settings, indices 0..N-1, disjoint ids, each part holding exactly the ids it was assigned.
+    """
+    if find_parts(directory):
+        _merge_check(directory, json_)
+        return
     try:
         s = inspect_dataset(directory)
     except StoreError as exc:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from test_regen_fake_server import FakeVllmServer
+from typer.testing import CliRunner
 
+from cli.main import app
 from dspark_data.regen import merge_check, run_regen
 from dspark_data.store import open_dataset, verify
 from dspark_data.store.manifest import FingerprintMismatch
@@ -171,6 +173,8 @@ def test_parts_merge_check(tok, tiny_random_target, prompt_file, clean_run, tmp_
     report = merge_check([tmp_path])
     assert report.ok, report.problems
     assert report.samples == N_GOOD and report.errors == 3
+    cli_run = CliRunner().invoke(app, ["inspect", str(tmp_path)])  # `dspark inspect` merge-checks parts
+    assert cli_run.exit_code == 0 and "3 parts" in cli_run.output, cli_run.output
     merged = {}
     for p in parts:
         merged.update(_rows_by_id(p))

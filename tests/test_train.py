@@ -230,3 +230,19 @@ def test_cli_train(data, tmp_path) -> None:
     ok = runner.invoke(app, [*args, "--set", "vocab.draft_vocab_size=2048"])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["steps"] == 2
+
+
+def test_markov_ablation_table(tmp_path) -> None:
+    from dspark_train.ablation import compare
+
+    figures = {"val_mean_accepted_length": 2.5, "val_full_accuracy": 0.4, "val_acceptance_rate": 0.35,
+               "val_confidence_abs_error": 0.1, "val_acc_pos1": 0.5, "val_acc_pos2": 0.3}
+    for name, scale in (("on", 1.0), ("off", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({k: v * scale for k, v in figures.items()}))
+    step0 = {"kind": "val", "step": 0, "accepted_length": 1.0, "acc_pos_1": 0.0, "acc_pos_2": 0.0}
+    (tmp_path / "on" / "metrics.jsonl").write_text(json.dumps(step0) + "\n")
+    rows = compare(tmp_path / "on", tmp_path / "off", tmp_path / "cmp")
+    assert rows["Markov off (rank 0)"]["val_acc_pos2"] == pytest.approx(0.15)
+    table = (tmp_path / "cmp" / "markov.md").read_text()
+    assert "| DSpark (Markov on) | 2.500 |" in table and "acc@2" in table and "| untrained | 1.000 |" in table
