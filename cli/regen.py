@@ -59,3 +59,5 @@ def regen(
         f"regen: {summary.samples} samples, {summary.generated_tokens} generated tokens, "
         f"{summary.errors} errors {summary.errors_by_reason or ''} — {state}"
     )
+    if summary.samples == 0 and summary.errors:
+        fail(f"every prompt failed ({summary.errors_by_reason}); see errors.jsonl in {stage_dir(cfg, 'regen', out)}")
