@@ -109,10 +109,17 @@ class TrainLogger:
             self._progress.start()
 
     def _truncate_after(self, step: int) -> None:
-        """Drop records with step > `step` (left by an interrupted run), atomically."""
+        """Drop records with step > `step` (left by an interrupted run) and a torn last line, atomically."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # killed mid-write
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                keep.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.path)

@@ -12,6 +12,7 @@ output `runs/<recipe>/train`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         **stream,
     )
     try:
-        run(recipe, opts)
+        summary = run(recipe, opts)
     except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if "steps" in summary and int(os.environ.get("RANK", "0")) == 0:
+        state = "reused (cached)" if summary.get("cached") else "trained"
+        print(f"train {state}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {opts.out_dir}",
+              file=sys.stderr)
     return 0
