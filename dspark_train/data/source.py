@@ -59,7 +59,25 @@ class HiddenSource(Protocol):
     def get(self, index: int) -> HiddenSample: ...
 
 
-class StoreSource:
+class IndexedSource:
+    """The id/length half of `HiddenSource`, shared by every source: subclasses fill `_ids` and `_lengths`."""
+
+    _ids: list[str]
+    _lengths: list[int]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return self._ids
+
+    @property
+    def lengths(self) -> Sequence[int]:
+        return self._lengths
+
+
+class StoreSource(IndexedSource):
     """Adapter from the store's hidden-state dataset (`dspark_data.store.open_hidden`) to `HiddenSource`."""
 
     def __init__(self, dataset: Any, skip: Collection[str] = ()) -> None:
@@ -87,17 +105,6 @@ class StoreSource:
             target=(manifest.fingerprint or {}).get("target"),
         )
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @property
-    def ids(self) -> Sequence[str]:
-        return self._ids
-
-    @property
-    def lengths(self) -> Sequence[int]:
-        return self._lengths
-
     def get(self, index: int) -> HiddenSample:
         s = self._ds[index if self._rows is None else self._rows[index]]
         return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden)
@@ -121,7 +128,7 @@ def open_source(path: str | Path, *, skip: Collection[str] = (), verify: bool = 
     return StoreSource(open_cache(Path(path)) if cache else open_hidden(Path(path)), skip=skip)
 
 
-class SyntheticHiddenSource:
+class SyntheticHiddenSource(IndexedSource):
     """Deterministic random samples in memory: tests and the trainer benchmark without captured data.
 
     Each sample is a pure function of (seed, index), so two instances built alike are identical. Hidden
@@ -155,17 +162,6 @@ class SyntheticHiddenSource:
         emb = torch.Generator().manual_seed(derive_seed(seed, "synthetic-embedding"))
         n_layers = len(layer_ids)
         self._table = torch.randn(vocab_size, n_layers, hidden_size, generator=emb)
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @property
-    def ids(self) -> Sequence[str]:
-        return self._ids
-
-    @property
-    def lengths(self) -> Sequence[int]:
-        return self._lengths
 
     def get(self, index: int) -> HiddenSample:
         g = torch.Generator().manual_seed(derive_seed(self.seed, "synthetic-sample", index))

@@ -40,7 +40,7 @@ from dspark_data.store.files import atomic_write_bytes
 from dspark_data.stream.cache import CacheWriter, PartsView, init_cache, part_dir, store_fingerprint, write_wanted
 from dspark_data.stream.client import RetryPolicy, SampleRejected, StreamClient, StreamError
 from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import HiddenSample, SourceInfo
+from dspark_train.data.source import HiddenSample, IndexedSource, SourceInfo
 from dspark_train.data.split import split_indices
 from schemas.base import fingerprint as fingerprint_of
 from schemas.recipe import Recipe
@@ -107,7 +107,7 @@ def schedule_owners(
     return [o if o >= 0 else i % world_size for i, o in enumerate(owner)]
 
 
-class StreamSource:
+class StreamSource(IndexedSource):
     """Random access over the regen dataset's conversations, hidden states fetched on demand."""
 
     def __init__(
@@ -162,17 +162,6 @@ class StreamSource:
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------ HiddenSource
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    @property
-    def ids(self) -> Sequence[str]:
-        return self._ids
-
-    @property
-    def lengths(self) -> Sequence[int]:
-        return self._lengths
 
     def get(self, index: int) -> HiddenSample:
         sid = self._ids[index]
