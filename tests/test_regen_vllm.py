@@ -47,14 +47,17 @@ def _shards(directory: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def engine_runs(tiny_random_target: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two regen runs into two directories with one engine, which is then shut down."""
+    """Two regen runs into two directories with one engine, which is then shut down.
+
+    Run b opens one shard's prompts at a time (`window=8`) where run a queues them all: the records
+    must not depend on how many requests the engine batched together."""
     from dspark_data.regen.backends.engine import start_engine
 
     llm = start_engine(tiny_random_target, max_model_len=SEQ_LEN, seed=0)
     try:
         dirs = {name: tmp_path_factory.mktemp(name) for name in ("a", "b")}
-        for out in dirs.values():
-            run_regen(_recipe(tiny_random_target), out, llm=llm, progress=False)
+        for out, window in zip(dirs.values(), (None, 8), strict=True):
+            run_regen(_recipe(tiny_random_target), out, llm=llm, progress=False, window=window)
     finally:
         llm.llm_engine.engine_core.shutdown()
     return dirs
@@ -159,7 +162,10 @@ import sys
 from schemas.recipe import Recipe
 from dspark_data.regen import run_regen
 if __name__ == "__main__":
-    run_regen(Recipe.model_validate_json(open(sys.argv[1]).read()), sys.argv[2], progress=False)
+    # window=8: one shard's prompts in flight at a time, so commits are spread over the run and the
+    # test can kill it between two of them (with every prompt queued at once, all four shards commit
+    # within milliseconds of each other and the kill can land after the last one).
+    run_regen(Recipe.model_validate_json(open(sys.argv[1]).read()), sys.argv[2], progress=False, window=8)
 """
 
 
@@ -201,7 +207,7 @@ def test_sigkill_real_engine_then_resume(engine_runs, tiny_random_target: str, t
             os.killpg(proc.pid, signal.SIGKILL)
     assert not lingering, "engine processes outlived the killed regen process by 60 s"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert not manifest["complete"] and 0 < len(manifest["shards"]) < 4
+    assert not manifest["complete"] and 0 < len(manifest["shards"]) < 4, manifest["shards"]
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=900)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert verify(out).ok
