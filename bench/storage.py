@@ -20,6 +20,7 @@ a dataset is larger than RAM, the normal case at 10+ TB).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -27,7 +28,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dspark_data.store import HiddenStateWriter, open_hidden  # noqa: E402
 from dspark_data.store.codecs import decode, encode  # noqa: E402
+from dspark_train.data.loader import Prefetcher  # noqa: E402
 
 CODECS = ["raw", "zstd-split", "fp8"]
+READ_WORKERS = 2  # the trainer loader's default num_workers
 console = Console(width=180)
 Sample = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -137,12 +141,21 @@ def reader(name: str, d: Path, ids: list[str]) -> Callable[[int], torch.Tensor]:
     return lambda i: torch.load(d / f"{ids[i]}.pt", weights_only=True)["hidden_states"]
 
 
-def time_reads(read: Callable[[int], torch.Tensor], order: list[int], raw_bytes: int) -> dict[str, float]:
+def time_reads(
+    read: Callable[[int], torch.Tensor], order: list[int], raw_bytes: int, workers: int = 0
+) -> dict[str, float]:
+    """Read `order` and touch every page of each result. `workers` > 0 reads through the trainer's own
+    `Prefetcher` (that many threads, 4 samples per thread in flight, results in order), the same for
+    every layout: I/O of the next samples overlaps the current one's decode, as in training."""
+
+    def touch(i: int) -> float:
+        h = read(i)
+        return float(h.reshape(-1)[::2048].float().sum())  # touch every 4 KiB page: nothing stays lazy
+
     start, cpu = time.perf_counter(), time.process_time()
     total = 0.0
-    for i in order:
-        h = read(i)
-        total += float(h.reshape(-1)[::2048].float().sum())  # touch every 4 KiB page: nothing stays lazy
+    for value in Prefetcher(order, touch, num_workers=workers, prefetch=4 * workers):
+        total += value
     dt, dcpu = time.perf_counter() - start, max(time.process_time() - cpu, 1e-9)
     return {"samples_per_s": len(order) / dt, "mb_per_s": raw_bytes / dt / 1e6, "samples_per_cpu_s": len(order) / dcpu}
 
@@ -167,11 +180,15 @@ def bench_dataset(title: str, samples: list[Sample], repeats: int) -> dict[str, 
             gc.collect()
             _evict(d)
             cold = time_reads(reader(name, d, ids), order, raw)
+            gc.collect()
+            _evict(d)
+            cold_par = time_reads(reader(name, d, ids), order, raw, workers=READ_WORKERS)
             results[name] = {
                 "bytes": size, "files": len(_files(d)), "bytes_per_token": size / tokens, "ratio": raw / size,
                 "warm_samples_per_s": warm["samples_per_s"], "warm_mb_per_s": warm["mb_per_s"],
                 "warm_samples_per_cpu_s": warm["samples_per_cpu_s"],
                 "cold_samples_per_s": cold["samples_per_s"], "cold_mb_per_s": cold["mb_per_s"],
+                "cold_par_samples_per_s": cold_par["samples_per_s"],
             }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -182,7 +199,8 @@ def bench_dataset(title: str, samples: list[Sample], repeats: int) -> dict[str, 
 def _print_layouts(title: str, samples: list[Sample], tokens: int, raw: int, res: dict) -> None:
     t = Table(title=f"{title}: {len(samples)} samples, {tokens:,} tokens, {raw / 1e6:.0f} MB bf16, random-order reads")
     for col in ("layout", "files", "bytes/token", "vs bf16", "warm samples/s", "warm samples/CPU-s", "cold samples/s",
-                "smaller than st / pt", "faster than st / pt (cold)", "faster than st / pt (warm)"):
+                f"cold samples/s, {READ_WORKERS} threads", "smaller than st / pt", "faster than st / pt (warm)",
+                "faster than st / pt (cold)", f"faster than st / pt (cold, {READ_WORKERS} threads)"):
         t.add_column(col, justify="right")
     st, pt = res["safetensors/sample"], res["torch.save/sample"]
 
@@ -194,40 +212,88 @@ def _print_layouts(title: str, samples: list[Sample], tokens: int, raw: int, res
         ours = name.startswith("ours")
         t.add_row(name, str(r["files"]), f"{r['bytes_per_token']:.0f}", f"{r['ratio']:.3f}x",
                   f"{r['warm_samples_per_s']:.0f}", f"{r['warm_samples_per_cpu_s']:.0f}",
-                  f"{r['cold_samples_per_s']:.0f}",
-                  vs(r, "bytes", False) if ours else "", vs(r, "cold_samples_per_s", True) if ours else "",
-                  vs(r, "warm_samples_per_s", True) if ours else "")
+                  f"{r['cold_samples_per_s']:.0f}", f"{r['cold_par_samples_per_s']:.0f}",
+                  *(vs(r, key, higher) if ours else "" for key, higher in (
+                      ("bytes", False), ("warm_samples_per_s", True), ("cold_samples_per_s", True),
+                      ("cold_par_samples_per_s", True))))
     console.print(t)
 
 
 def bench_codecs(title: str, samples: list[Sample]) -> dict[str, dict[str, float]]:
-    """Encode/decode speed on one batch of samples, in MB of bf16 per wall second (all cores) and per
-    CPU second (one thread: the per-core figure, robust to other load on a shared machine)."""
-    x = torch.cat([s[3] for s in samples], dim=0)[:4096].contiguous()
-    raw = x.numel() * 2
+    """Encode/decode speed sample by sample (the unit the store encodes and decodes), in MB of bf16 per
+    wall second (one sample split across all cores) and per CPU second (one thread: the per-core figure,
+    robust to other load on a shared machine)."""
+    xs = [s[3] for s in samples]
+    raw = sum(x.numel() * 2 for x in xs)
+    threads = torch.get_num_threads()
     out: dict[str, dict[str, float]] = {}
-    t = Table(title=f"{title}: codecs on {tuple(x.shape)} bf16 ({raw / 1e6:.0f} MB)")
-    for col in ("codec", "ratio", "rel. error", "encode MB/s wall, all cores", "encode MB/CPU-s",
-                "decode MB/s wall, all cores", "decode MB/CPU-s"):
+    t = Table(title=f"{title}: codecs, sample by sample ({len(xs)} samples, {raw / 1e6:.0f} MB bf16)")
+    for col in ("codec", "ratio", "rel. error", "encode MB/CPU-s", f"encode MB/s wall, {threads} samples side by side",
+                "writer MB/s wall (to disk: hashing, fsync)", "decode MB/CPU-s",
+                "decode MB/s wall, one sample on all cores"):
         t.add_column(col, justify="right")
     for codec in CODECS:
-        payload = encode(codec, x)
-        y = decode(codec, payload, x.shape)
+        payloads = [encode(codec, x) for x in xs]
+        err = max(float((decode(codec, p, x.shape).float() - x.float()).norm() / x.float().norm())
+                  for p, x in zip(payloads, xs, strict=True))
+
+        def enc_serial(c: str = codec) -> None:
+            for x in xs:
+                encode(c, x, threads=1)
+
+        def enc_pipeline(c: str = codec) -> None:  # the writer's encoder threads, without its I/O
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(lambda sample: encode(c, sample, threads=1), xs))
+
+        def dec(threads: int | None, c: str = codec, ps: list[bytes] = payloads) -> None:
+            for p, x in zip(ps, xs, strict=True):
+                decode(c, p, x.shape, threads=threads)
+
+        with _one_torch_thread():  # per-core figures: no intra-op helper threads spinning on the CPU clock
+            encode_cpu = raw / _best(enc_serial, time.process_time) / 1e6
+            decode_cpu = raw / _best(lambda: dec(1), time.process_time) / 1e6
         row = {
-            "ratio": raw / len(payload),
-            "rel_error": float((y.float() - x.float()).norm() / x.float().norm()),
-            "encode_mb_s_wall": raw / _best(lambda c=codec: encode(c, x, threads=None), time.perf_counter) / 1e6,
-            "encode_mb_cpu_s": raw / _best(lambda c=codec: encode(c, x, threads=1), time.process_time) / 1e6,
-            "decode_mb_s_wall": raw / _best(lambda c=codec, p=payload: decode(c, p, x.shape, threads=None),
-                                            time.perf_counter) / 1e6,
-            "decode_mb_cpu_s": raw / _best(lambda c=codec, p=payload: decode(c, p, x.shape, threads=1),
-                                           time.process_time) / 1e6,
+            "ratio": raw / sum(len(p) for p in payloads),
+            "rel_error": err,
+            "encode_mb_cpu_s": encode_cpu,
+            "encode_mb_s_wall": raw / _best(enc_pipeline, time.perf_counter) / 1e6,
+            "writer_mb_s_wall": _writer_mb_s(codec, samples),
+            "decode_mb_cpu_s": decode_cpu,
+            "decode_mb_s_wall": raw / _best(lambda: dec(None), time.perf_counter) / 1e6,
         }
         out[codec] = row
-        t.add_row(codec, f"{row['ratio']:.3f}x", f"{row['rel_error']:.4f}", f"{row['encode_mb_s_wall']:.0f}",
-                  f"{row['encode_mb_cpu_s']:.0f}", f"{row['decode_mb_s_wall']:.0f}", f"{row['decode_mb_cpu_s']:.0f}")
+        t.add_row(codec, f"{row['ratio']:.3f}x", f"{row['rel_error']:.4f}",
+                  *(f"{row[k]:.0f}" for k in ("encode_mb_cpu_s", "encode_mb_s_wall", "writer_mb_s_wall",
+                                              "decode_mb_cpu_s", "decode_mb_s_wall")))
     console.print(t)
     return out
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _writer_mb_s(codec: str, samples: list[Sample], min_bytes: int = 256 << 20) -> float:
+    """What dump-hidden's writer sustains (encoder threads, Arrow, hashing, fsync), in MB of bf16 per
+    second; the samples are written repeatedly, under new ids, up to `min_bytes`, so the per-dataset
+    fixed costs (lock, manifest, fsyncs of a commit) weigh as little as in a real dump."""
+    layers, hidden = samples[0][3].shape[1:]
+    one = sum(s[3].numel() * 2 for s in samples)
+    rounds = max(1, -(-min_bytes // one))
+    with tempfile.TemporaryDirectory(dir=os.environ.get("DSPARK_BENCH_DIR")) as d:
+        start = time.perf_counter()
+        with HiddenStateWriter(Path(d) / "w", layer_ids=list(range(layers)), hidden_size=hidden, codec=codec,
+                               target="bench", seq_len=4096, shard_bytes=256 << 20) as w:
+            for k in range(rounds):
+                for sid, ids, mask, x in samples:
+                    w.write(f"{sid}-{k}", ids, mask, x)
+        return rounds * one / (time.perf_counter() - start) / 1e6
 
 
 def _best(fn: Callable[[], object], clock: Callable[[], float], n: int = 3) -> float:

@@ -62,13 +62,29 @@ def _map(fn: Callable[[int], object], n: int, threads: int | None) -> list:
     return list(_executor().map(fn, range(n)))
 
 
+def _level_params(level: int) -> zstd.ZstdCompressionParameters:
+    """zstd parameters for `level`. Level 1 (the default) is a preset tuned for byte planes of activations:
+    their gain is entropy coding of the literals, and long repeats are rare. zstd's own level 1 hunts
+    6-byte matches with a 16K-entry hash table, finds short coincidental ones, and pays for them three
+    times: encoding time, ratio (a match costs more bits than the literals it replaces) and decoding time
+    (sequence execution). Measured on heavy-tailed and tiny-target planes (bench/storage.py): 2.2x/1.4x
+    faster encoding, 2.2x/1.4x faster decoding and a 4%/5% better ratio than zstd's level 1. Other levels
+    are zstd's."""
+    if level == 1:
+        return zstd.ZstdCompressionParameters(
+            strategy=zstd.STRATEGY_FAST, window_log=17, hash_log=10, chain_log=6, search_log=1, min_match=7,
+            target_length=0, write_content_size=1, write_checksum=0,
+        )  # fmt: skip
+    return zstd.ZstdCompressionParameters.from_level(level, write_content_size=1, write_checksum=0)
+
+
 def _compressor(level: int) -> zstd.ZstdCompressor:
     """One compressor per thread and level (zstandard objects are not safe to share across threads)."""
     cache = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
     if level not in cache:
-        cache[level] = zstd.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+        cache[level] = zstd.ZstdCompressor(compression_params=_level_params(level))
     return cache[level]
 
 
@@ -135,11 +151,6 @@ def _as_bf16(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu").contiguous()
 
 
-def _planes(x: torch.Tensor) -> np.ndarray:
-    """bf16 [T, L, H] -> uint8 [T, L, H, 2]; on little-endian hosts [..., 1] is the high (sign+exponent) byte."""
-    return x.view(torch.uint8).numpy().reshape(*x.shape, 2)
-
-
 # ---------------------------------------------------------------------------------------------- raw
 
 
@@ -157,11 +168,32 @@ def _decode_raw(payload: bytes | memoryview, shape: Sequence[int], threads: int 
 
 
 def _encode_split(x: torch.Tensor, level: int, threads: int | None) -> bytes:
-    u = _planes(x)
+    words = x.view(torch.int16).numpy().view(np.uint16)
     n_layers = x.shape[1]
-    # chunk 2l: high bytes of layer l (token-major [T, H]); chunk 2l+1: its low bytes
-    chunks = _map(lambda i: _zstd_chunk(u[:, i // 2, :, 1 - i % 2], level), 2 * n_layers, threads)
-    return _pack(1, tuple(x.shape), chunks)
+
+    def plane(i: int) -> tuple[bytes | memoryview, int]:
+        # chunk 2l: high bytes of layer l (token-major [T, H]); chunk 2l+1: its low bytes. Shifting 16-bit
+        # words is ~4x faster than gathering every other byte of a strided view.
+        layer = words[:, i // 2, :]
+        return _zstd_chunk((layer >> 8 if i % 2 == 0 else layer).astype(np.uint8), level)
+
+    return _pack(1, tuple(x.shape), _map(plane, 2 * n_layers, threads))
+
+
+def _row_blocks(t: int, h: int) -> list[slice]:
+    """Token blocks of ~32K values: each block's scratch stays in the core's L2 cache, which is what makes
+    decoding a large sample (GLM-5.2: 2048 tokens x 6 layers x 6144) as fast as a small one."""
+    rows = max(1, _BLOCK_VALUES // h)
+    return [slice(r, min(r + rows, t)) for r in range(0, t, rows)]
+
+
+def _scratch(name: str, n: int) -> np.ndarray:
+    """A per-thread uint16 scratch buffer of at least `n` values (reused: fresh buffers cost page faults)."""
+    buf = getattr(_local, name, None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=np.uint16)
+        setattr(_local, name, buf)
+    return buf[:n]
 
 
 def _decode_split(payload: bytes | memoryview, shape: Sequence[int], threads: int | None) -> torch.Tensor:
@@ -169,14 +201,17 @@ def _decode_split(payload: bytes | memoryview, shape: Sequence[int], threads: in
     chunks = _unpack(1, payload, shape)
     if len(chunks) != 2 * n_layers:
         raise ValueError(f"zstd-split payload has {len(chunks)} chunks, expected {2 * n_layers}")
-    out = np.empty((t, n_layers, h), dtype=np.uint16)
+    out = np.empty((t, n_layers, h), dtype=np.uint16)  # numpy: large arrays get huge pages (fewer faults)
 
     def one(layer: int) -> None:
         hi = np.frombuffer(_unzstd(*chunks[2 * layer], size=t * h), dtype=np.uint8).reshape(t, h)
         lo = np.frombuffer(_unzstd(*chunks[2 * layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
-        dst = out[:, layer, :]
-        np.left_shift(hi, 8, out=dst, dtype=np.uint16)  # rebuild each bf16 as (high << 8) | low in 16-bit lanes
-        np.bitwise_or(dst, lo, out=dst)
+        for rows in _row_blocks(t, h):
+            tmp = _scratch("split", (rows.stop - rows.start) * h).reshape(-1, h)
+            # rebuild each bf16 as (high << 8) | low in a contiguous cache-resident block, then place it
+            np.left_shift(hi[rows], 8, out=tmp, dtype=np.uint16)
+            np.bitwise_or(tmp, lo[rows], out=tmp)
+            out[rows, layer, :] = tmp
 
     _map(one, n_layers, threads)
     return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
@@ -185,26 +220,63 @@ def _decode_split(payload: bytes | memoryview, shape: Sequence[int], threads: in
 # ---------------------------------------------------------------------------------------------- fp8
 
 
-# float8_e4m3fn byte -> the same value as a bf16 bit pattern (exact: e4m3 fits in bf16), so decoding a
-# layer is one numpy gather plus one bf16 multiply by the row scale.
-_FP8_TO_BF16 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.bfloat16).view(torch.int16)
-_FP8_TO_BF16_NP = _FP8_TO_BF16.numpy()
+# float8_e4m3fn byte -> the same value as a bf16 bit pattern (exact: e4m3 fits in bf16). The slow path
+# for layers whose scales are too large for the fast one (see `_fp8_layer`).
+_FP8_TO_BF16_NP = (
+    torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(torch.bfloat16).view(torch.int16).numpy()
+)
+# e4m3 (sign, 4-bit exponent with bias 7, 3-bit mantissa) moved bit for bit into bf16's fields (sign,
+# 8-bit exponent with bias 127, 7-bit mantissa) is the fp8 value times 2**-120, subnormals included. So
+# decoding is a few integer ops per value plus one bf16 multiply by (scale * 2**120): the product is the
+# same real number as value * scale, so it rounds to the same bf16 as the lookup path, bit for bit.
+_FP8_BIAS_SHIFT = 2.0**120
+_FP8_FAST_MAX_SCALE = 2.0**7  # scale * 2**120 must stay finite in bf16 (max ~2**128)
+_ENCODE_BLOCK_VALUES = 1 << 20
+_BLOCK_VALUES = 1 << 15  # also below torch's intra-op grain size (32768): no thread hand-offs per block
 
 
 def _encode_fp8(x: torch.Tensor, level: int, threads: int | None) -> bytes:
     t, n_layers, h = x.shape
     scales = torch.empty(t, n_layers, dtype=torch.bfloat16)  # one scale per (token, layer)
-
-    def one(layer: int) -> tuple[bytes | memoryview, int]:
-        xl = x[:, layer, :].float()  # (T, H)
+    planes = np.empty((n_layers, t, h), dtype=np.uint8)  # e4m3 bytes, layer-major: one chunk per layer
+    rows = max(1, _ENCODE_BLOCK_VALUES // (n_layers * h))
+    for r in range(0, t, rows):  # token blocks: float32 temporaries stay small for any sample size
+        xb = x[r : r + rows].float()  # [B, L, H]
         # scale >= amax / 448 after rounding to bf16, so the largest value still fits e4m3's range
-        scale = (xl.abs().amax(dim=1).clamp_min(1e-30) * (1.0 / FP8_MAX) * (1 + 2**-7)).to(torch.bfloat16)
-        scales[:, layer] = scale
-        q = (xl / scale.float()[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-        return _zstd_chunk(q.view(torch.uint8).numpy(), level)
-
-    chunks = _map(one, n_layers, threads)
+        scale = (xb.abs().amax(dim=2).clamp_min(1e-30) * (1.0 / FP8_MAX) * (1 + 2**-7)).to(torch.bfloat16)
+        scales[r : r + rows] = scale
+        xb.mul_(scale.float().reciprocal_()[:, :, None]).clamp_(-FP8_MAX, FP8_MAX)  # multiply: 4x faster than /
+        planes[:, r : r + rows, :] = xb.to(torch.float8_e4m3fn).view(torch.uint8).numpy().transpose(1, 0, 2)
+    chunks = _map(lambda layer: _zstd_chunk(planes[layer], level), n_layers, threads)
     return _pack(2, (t, n_layers, h), [(_bytes_view(scales.view(torch.int16).numpy()), 0), *chunks])
+
+
+def _fp8_as_scaled_bf16(data: np.ndarray, tmp: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """e4m3 bytes -> bf16 bit patterns of value * 2**-120 (sign to bit 15, exponent+mantissa to bits 4-14)."""
+    np.copyto(tmp, data, casting="unsafe")
+    np.bitwise_and(tmp, 0x7F, out=bits)
+    np.left_shift(bits, 4, out=bits)
+    np.bitwise_and(tmp, 0x80, out=tmp)
+    np.left_shift(tmp, 8, out=tmp)
+    np.bitwise_or(bits, tmp, out=bits)
+    return bits
+
+
+def _fp8_layer(data: np.ndarray, scale: torch.Tensor, dst: torch.Tensor) -> None:
+    """Decode one layer's e4m3 bytes [T, H] times its per-token scales [T] into `dst` [T, H] (bf16)."""
+    t, h = data.shape
+    if data.size == 0:
+        return
+    if float(scale.float().abs().max()) >= _FP8_FAST_MAX_SCALE:  # huge activations: exact lookup path
+        vals = torch.from_numpy(_FP8_TO_BF16_NP[data]).view(torch.bfloat16)
+        torch.mul(vals, scale[:, None], out=dst)
+        return
+    shifted = (scale.float() * _FP8_BIAS_SHIFT).to(torch.bfloat16)[:, None]  # exact: a power-of-two shift
+    for rows in _row_blocks(t, h):
+        n = (rows.stop - rows.start) * h
+        tmp, bits = _scratch("fp8_tmp", n).reshape(-1, h), _scratch("fp8_bits", n).reshape(-1, h)
+        bits = _fp8_as_scaled_bf16(data[rows], tmp, bits)
+        torch.mul(torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16), shifted[rows], out=dst[rows])
 
 
 def _decode_fp8(payload: bytes | memoryview, shape: Sequence[int], threads: int | None) -> torch.Tensor:
@@ -214,12 +286,11 @@ def _decode_fp8(payload: bytes | memoryview, shape: Sequence[int], threads: int 
         raise ValueError(f"fp8 payload has {len(chunks)} chunks, expected {n_layers + 1}")
     scales = torch.from_numpy(np.frombuffer(chunks[0][0], dtype=np.int16).reshape(t, n_layers).copy())
     scales = scales.view(torch.bfloat16)
-    out = torch.empty(t, n_layers, h, dtype=torch.bfloat16)
+    out = torch.from_numpy(np.empty((t, n_layers, h), dtype=np.int16)).view(torch.bfloat16)  # huge pages
 
     def one(layer: int) -> None:
-        data = _unzstd(*chunks[layer + 1], size=t * h)
-        vals = torch.from_numpy(_FP8_TO_BF16_NP[np.frombuffer(data, dtype=np.uint8)].reshape(t, h))
-        torch.mul(vals.view(torch.bfloat16), scales[:, layer, None], out=out[:, layer, :])
+        data = np.frombuffer(_unzstd(*chunks[layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
+        _fp8_layer(data, scales[:, layer], out[:, layer, :])
 
     _map(one, n_layers, threads)
     return out

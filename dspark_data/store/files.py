@@ -12,6 +12,8 @@ import fcntl
 import hashlib
 import os
 import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -75,31 +77,53 @@ def sha256_file(path: Path) -> str:
 
 
 class HashingSink:
-    """A write-only file object that hashes what passes through it.
+    """A write-only file object that hashes what passes through it, on a background thread.
 
-    `file_hash` covers every byte of the file; `take_range_digest()` returns the sha256 of the bytes
-    written since its previous call, which is how each record batch gets its own checksum without a
-    second read.
+    `file_hexdigest()` covers every byte of the file; `take_range_digest()` returns (as a future) the
+    sha256 of the bytes written since its previous call, which is how each record batch gets its own
+    checksum without a second read. Why a thread: hashing every byte twice is the costliest step of
+    the write path, and hashlib releases the GIL, so it overlaps the writer's own work and the
+    encoders'. Pieces are hashed in write order; Arrow hands over immutable `bytes` / `Buffer` objects,
+    so keeping a reference until hashed is safe without copying.
     """
+
+    _MAX_PENDING = 256  # pieces queued before `write` waits for the hasher (bounds memory)
 
     def __init__(self, f: IO[bytes]):
         self._f = f
-        self.file_hash = hashlib.sha256()
+        self._file_hash = hashlib.sha256()
         self._range = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="dspark-hash")
+        self._pending: deque[Future[None]] = deque()
         self.position = 0
         self.closed = False
+
+    def _update(self, data: bytes | memoryview) -> None:
+        self._file_hash.update(data)
+        self._range.update(data)
+
+    def _take_range(self) -> bytes:
+        digest = self._range.digest()
+        self._range = hashlib.sha256()
+        return digest
 
     def write(self, data: bytes | memoryview) -> int:
         mv = memoryview(data)
         self._f.write(mv)
-        self.file_hash.update(mv)
-        self._range.update(mv)
+        self._pending.append(self._hasher.submit(self._update, data))
+        while len(self._pending) > self._MAX_PENDING or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()  # also surfaces a hashing error
         self.position += mv.nbytes
         return mv.nbytes
 
-    def take_range_digest(self) -> bytes:
-        digest = self._range.digest()
-        self._range = hashlib.sha256()
+    def take_range_digest(self) -> Future[bytes]:
+        return self._hasher.submit(self._take_range)
+
+    def file_hexdigest(self) -> str:
+        """sha256 hex of everything written (waits for the hasher; call after the last write)."""
+        digest = self._hasher.submit(self._file_hash.hexdigest).result()
+        self._pending.clear()
+        self._hasher.shutdown(wait=True)
         return digest
 
     def tell(self) -> int:
@@ -110,6 +134,10 @@ class HashingSink:
 
     def close(self) -> None:  # pyarrow may close its wrapper; the underlying file is closed by its owner
         self.closed = True
+
+    def discard(self) -> None:
+        """Stop the hasher without waiting for a digest (the file is being thrown away)."""
+        self._hasher.shutdown(wait=True, cancel_futures=True)
 
     def writable(self) -> bool:
         return True

@@ -18,6 +18,8 @@ The reader is thread-safe: background decode threads may call `ds[i]` concurrent
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,14 @@ class HiddenSample:
 
 
 class HiddenStateWriter:
-    """Encode and append hidden-state samples; resumable like every store writer (`committed_ids`)."""
+    """Encode and append hidden-state samples; resumable like every store writer (`committed_ids`).
+
+    Why samples are encoded in a pipeline: splitting one sample's encode across cores pays a thread
+    hand-off per layer chunk, which for small hidden sizes costs as much as the work, while whole
+    samples encoded side by side keep every core busy at any size. `write` hands the sample to one of
+    `threads` encoder threads and returns; rows are appended strictly in `write` order, and `commit` /
+    `close` wait for the samples still encoding. Do not modify a tensor passed to `write` afterwards.
+    """
 
     def __init__(
         self,
@@ -76,7 +85,10 @@ class HiddenStateWriter:
     ):
         codecs.get_codec(codec)  # unknown codec: error before touching the directory
         self.layer_ids, self.hidden_size, self.codec = list(layer_ids), int(hidden_size), codec
-        self.level, self.threads = zstd_level, threads
+        self.level = zstd_level
+        self.threads = codecs.default_threads() if threads is None else max(1, threads)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dspark-encode") if self.threads > 1 else None
+        self._inflight: deque[tuple[str, np.ndarray, np.ndarray, int, Future[bytes]]] = deque()
         fingerprint = {
             "target": target,
             "target_revision": target_revision,
@@ -114,8 +126,8 @@ class HiddenStateWriter:
     def complete(self) -> bool:
         return self.store.complete
 
-    def write(self, sample_id: str, input_ids: torch.Tensor, loss_mask: torch.Tensor, hidden: torch.Tensor) -> int:
-        """Encode and append one sample; returns its encoded payload size in bytes."""
+    def write(self, sample_id: str, input_ids: torch.Tensor, loss_mask: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Queue one sample for encoding; it is appended (in call order) once encoded."""
         t = int(input_ids.shape[0])
         expected = (t, len(self.layer_ids), self.hidden_size)
         if input_ids.dim() != 1 or tuple(loss_mask.shape) != (t,) or tuple(hidden.shape) != expected:
@@ -125,39 +137,71 @@ class HiddenStateWriter:
             )
         if hidden.dtype != torch.bfloat16:
             raise StoreError(f"sample {sample_id!r}: hidden states must be bfloat16, got {hidden.dtype}")
-        payload = codecs.encode(self.codec, hidden, level=self.level, threads=self.threads)
         ids = input_ids.detach().to("cpu", torch.int64).numpy()
         mask = loss_mask.detach().to("cpu", torch.bool).numpy()
-        offsets = pa.array([0, t], pa.int32())
-        batch = pa.record_batch(
-            [
-                pa.array([sample_id], pa.string()),
-                pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
-                pa.ListArray.from_arrays(offsets, pa.array(mask, pa.bool_())),
-                pa.array([payload], pa.large_binary()),
-            ],
-            schema=HIDDEN_SCHEMA,
-        )
-        self.store.write_batch(batch, raw_bytes=[hidden.numel() * 2])
-        return len(payload)
+        future: Future[bytes] = Future()
+        if self._pool is None:
+            future.set_result(codecs.encode(self.codec, hidden, level=self.level, threads=1))
+        else:
+            future = self._pool.submit(codecs.encode, self.codec, hidden, level=self.level, threads=1)
+        self._inflight.append((sample_id, ids, mask, hidden.numel() * 2, future))
+        self._drain(keep=2 * self.threads)  # bounded: at most 2 samples per encoder thread in memory
+
+    def _drain(self, keep: int = 0) -> None:
+        """Append encoded samples in write order until at most `keep` are still in flight."""
+        while len(self._inflight) > keep:
+            sample_id, ids, mask, raw_bytes, future = self._inflight.popleft()
+            try:
+                payload = future.result()
+            except ValueError as exc:
+                raise StoreError(f"sample {sample_id!r}: cannot encode its hidden states ({exc})") from None
+            offsets = pa.array([0, len(ids)], pa.int32())
+            batch = pa.record_batch(
+                [
+                    pa.array([sample_id], pa.string()),
+                    pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
+                    pa.ListArray.from_arrays(offsets, pa.array(mask, pa.bool_())),
+                    _one_binary(payload),
+                ],
+                schema=HIDDEN_SCHEMA,
+            )
+            self.store.write_batch(batch, raw_bytes=[raw_bytes])
 
     def record_error(self, sample_id: str, reason: str, detail: str = "") -> None:
         self.store.record_error(sample_id, reason, detail)
 
     def commit(self) -> None:
+        self._drain()
         self.store.commit()
 
     def close(self) -> Manifest:
-        return self.store.close()
+        try:
+            self._drain()
+            return self.store.close()
+        finally:
+            self._shutdown()
 
     def abort(self) -> None:
+        """Drop what is not committed, samples still encoding included."""
+        for *_, future in self._inflight:
+            future.cancel()
+        self._inflight.clear()
+        self._shutdown()
         self.store.abort()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> HiddenStateWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.store.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class HiddenDataset:
@@ -211,6 +255,12 @@ class HiddenDataset:
 
     def get(self, i: int) -> HiddenSample:
         return self[i]
+
+
+def _one_binary(payload: bytes) -> pa.Array:
+    """A one-row large_binary array over `payload` without copying it (`pa.array` would copy)."""
+    offsets = pa.py_buffer(np.array([0, len(payload)], dtype=np.int64).tobytes())
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(payload)])
 
 
 def _list_tensor(batch: pa.RecordBatch, name: str, r: int) -> torch.Tensor:

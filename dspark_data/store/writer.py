@@ -395,7 +395,7 @@ class _OpenShard:
     def write(self, batch: pa.RecordBatch, ids: list[str], tokens: list[int], raws: list[int]) -> None:
         start = self.sink.position
         self.ipc.write_batch(batch)
-        digest = self.sink.take_range_digest()
+        digest = self.sink.take_range_digest()  # a future: resolved in finish(), hashing overlaps writing
         length = self.sink.position - start
         for r, (sid, tok) in enumerate(zip(ids, tokens, strict=True)):
             for key, value in zip(INDEX_SCHEMA.names, (sid, self.batches, r, start, length, tok, digest), strict=True):
@@ -410,6 +410,8 @@ class _OpenShard:
         self.ipc.close()
         fsync_file(self.file)
         self.file.close()
+        shard_sha256 = self.sink.file_hexdigest()
+        self.index["sha256"] = [digest.result() for digest in self.index["sha256"]]
         final = self.directory / shard_name(self.n)
         publish(self.tmp, final)
         index_tmp = self.directory / f"{TMP_PREFIX}{index_name(self.n)}"
@@ -418,14 +420,15 @@ class _OpenShard:
             with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), INDEX_SCHEMA) as w:
                 w.write_batch(pa.record_batch(self.index, schema=INDEX_SCHEMA))
             fsync_file(f)
+        index_sha256 = sink.file_hexdigest()
         publish(index_tmp, self.directory / index_name(self.n))
         ids = self.index["id"]
         return ShardEntry(
             file=final.name,
-            sha256=self.sink.file_hash.hexdigest(),
+            sha256=shard_sha256,
             bytes=self.sink.position,
             index_file=index_name(self.n),
-            index_sha256=sink.file_hash.hexdigest(),
+            index_sha256=index_sha256,
             index_bytes=sink.position,
             samples=self.samples,
             batches=self.batches,
@@ -442,6 +445,7 @@ class _OpenShard:
             self.ipc.close()
         except Exception:  # noqa: BLE001 - the temp file is being thrown away
             pass
+        self.sink.discard()
         try:
             self.file.close()
         except OSError:  # e.g. ENOSPC flushing the buffer: the file is thrown away anyway
