@@ -29,6 +29,7 @@ class TrainInputs:
     slots: LayerSlots
     vocab: DraftVocab
     data_where: str  # the data directory, or "synthetic:N"
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the data checks did, for the log
 
     def target_fingerprint(self) -> dict[str, Any]:
         """The target's identity for the plan fingerprint: its config facts (not its local path)."""
@@ -59,11 +60,13 @@ def load_inputs(
     rank: int = 0,
     world_size: int = 1,
     skip_samples: tuple[str, ...] = (),
+    train_dir: Path | None = None,
 ) -> TrainInputs:
     """Resolve the target, open the data (or make `synthetic` samples), load the vocab, check them together.
 
     Raises `DataMismatch` (a ValueError) naming the layer, hidden size or vocab that does not fit, and
-    `CorruptData` (one of them) when the dataset fails `dspark verify` outside `skip_samples`.
+    `CorruptData` (one of them) when the dataset fails `dspark verify` outside `skip_samples`. A passed
+    integrity check is remembered in `train_dir`, so a resume over unchanged files does not repeat it.
     """
     if synthetic is None and (data_dir is None or not Path(data_dir).is_dir()):
         raise FileNotFoundError(
@@ -72,6 +75,7 @@ def load_inputs(
     target_dir = resolve_target(recipe.target.model)  # may build a tiny target (cached): after the cheap checks
     info = load_target_info(target_dir)
     n_layers = info.num_hidden_layers
+    notes: list[str] = []
     draft_vocab = min(recipe.vocab.draft_vocab_size, info.vocab_size)
     if synthetic is not None:
         source: HiddenSource = SyntheticHiddenSource(
@@ -91,7 +95,8 @@ def load_inputs(
                                     hidden_size=info.hidden_size, rank=rank, world_size=world_size)
         where = f"stream:{','.join(stream.endpoints)} ({data_dir})"
     else:
-        source = open_source(data_dir, skip=skip_samples, verify=rank == 0)  # refuses corrupt data (rank 0 reads)
+        # refuses corrupt data (rank 0 reads)
+        source = open_source(data_dir, skip=skip_samples, verify=rank == 0, record_dir=train_dir, notes=notes)
         where = str(data_dir)
     slots = layer_slots(source.info.layer_ids, recipe.capture.aux_layers, n_layers, where)
     check_hidden(source, hidden_size=info.hidden_size, vocab_size=info.vocab_size, where=where)
@@ -101,7 +106,7 @@ def load_inputs(
         vocab = DraftVocab(t2d, d2t, f"synthetic-{draft_vocab}")
     else:
         vocab = load_vocab(vocab_path, target_vocab_size=info.vocab_size, draft_vocab_size=draft_vocab)
-    return TrainInputs(target_dir, info, source, slots, vocab, where)
+    return TrainInputs(target_dir, info, source, slots, vocab, where, notes)
 
 
 def load_head(target_dir: str, device: torch.device) -> TargetHead:

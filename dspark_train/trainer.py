@@ -107,7 +107,7 @@ class Trainer:
         # Data before the model: its checks refuse mismatched layers/hidden size/vocab before any cost.
         self.inputs = load_inputs(recipe, data_dir=opts.data_dir, vocab_path=opts.vocab_path, synthetic=opts.synthetic,
                                   stream=opts.stream, rank=self.dist.rank, world_size=self.dist.world_size,
-                                  skip_samples=tuple(opts.skip_samples))
+                                  skip_samples=tuple(opts.skip_samples), train_dir=opts.out_dir)
         src = self.inputs.source
         self.train_indices, self.val_indices = split_indices(src.ids, t.val_fraction)
         self.loader_cfg = LoaderConfig(
@@ -144,7 +144,7 @@ class Trainer:
         )
         self.step, self.tokens_seen = 0, 0
         self.untrained_val = self.last_val = None
-        self.notes = []
+        self.notes = list(self.inputs.notes)
         self._checkpoint_state = state
         if self.decision.action == "cached":
             return

@@ -4,7 +4,10 @@ Why before training: the store's reader checks the manifest and the index files 
 but not each sample's bytes when it reads them, so a flipped bit in a hidden-state payload would be
 trained on (raw codec) or stop the run hours in (a codec that fails to decode). `dspark_data.store.verify`
 re-hashes every sample against its checksum and names the damaged ones; this runs it once, on rank 0,
-before any model is built. Cost: one read of the dataset (sha256 runs at ~1-2 GB/s per core).
+before any model is built. Cost: one read of the dataset (sha256 at ~1-2 GB/s per core, shards hashed on
+all cores). A passed check is remembered in the train directory (`data-verified.json`: the manifest's
+hash and each shard's size and mtime), so a resumed run over unchanged files starts at once instead of
+re-reading terabytes; a changed manifest, file size or mtime, or another `skip` list re-runs the check.
 
 A damaged sample can be trained around with `--skip-samples ID[,ID...]`; a damaged shard footer, a
 truncated or missing shard counts as damage to every sample of that shard. Damage that no sample owns (the
@@ -13,24 +16,49 @@ manifest, the errors file) cannot be skipped: repair or re-create the dataset.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from dspark_train.data.checks import DataMismatch
+
+RECORD_NAME = "data-verified.json"
 
 
 class CorruptData(DataMismatch):
     """The dataset fails `dspark verify` in samples that were not named to skip (or in unskippable files)."""
 
 
-def check_integrity(directory: str | Path, skip: Collection[str] = ()) -> None:
-    """Raise CorruptData naming the damage unless every damaged sample is in `skip`."""
+def check_integrity(directory: str | Path, skip: Collection[str] = (), *, record_dir: Path | None = None) -> str:
+    """Raise CorruptData naming the damage unless every damaged sample is in `skip`; return what was done.
+
+    `record_dir`: where a passed check is remembered (the train directory); None: always re-hash."""
     from dspark_data.store import verify
 
     directory = Path(directory)
+    state = _file_state(directory, skip)
+    record = record_dir / RECORD_NAME if record_dir is not None else None
+    if record is not None and state is not None and _remembered(record, directory) == state:
+        return (f"data {directory}: files unchanged since the check recorded in {record}, not re-hashed "
+                "(delete that file to force a full check)")
+    start = time.perf_counter()
     report = verify(directory)
-    if report.ok:
-        return
+    error = None if report.ok else _damage_error(directory, report, skip)
+    if error is not None:
+        raise error
+    if record is not None and state is not None:
+        _remember(record, directory, state)
+    outcome = "no damage" if report.ok else f"damage only in the {len(skip)} skipped sample(s)"
+    return (f"data {directory}: {report.shards_checked} shard(s), {report.bytes_checked / 1e9:.2f} GB re-hashed "
+            f"in {time.perf_counter() - start:.1f} s, {outcome}")
+
+
+def _damage_error(directory: Path, report: Any, skip: Collection[str]) -> CorruptData | None:
+    """The error to raise for `report`'s damage, or None when every damaged sample is in `skip`."""
     damaged: set[str] = set()
     unskippable: list[str] = []
     shard_ids: dict[int, list[str]] | None = None
@@ -47,17 +75,54 @@ def check_integrity(directory: str | Path, skip: Collection[str] = ()) -> None:
             unskippable.append(str(issue))
     missing = sorted(damaged - set(skip))
     if not unskippable and not missing:
-        return
+        return None
     problems = "; ".join(str(i) for i in report.issues[:6]) + (" ..." if len(report.issues) > 6 else "")
     if unskippable:
         fix = "repair or re-create the dataset (re-run the producing stage into a new --out)"
     else:
         shown = ",".join(missing[:20]) + (",..." if len(missing) > 20 else "")
         fix = f"re-create it, or train without the damaged samples: --skip-samples {shown}"
-    raise CorruptData(
+    return CorruptData(
         f"hidden-state data {directory} is corrupt ({len(report.issues)} problem(s) found by `dspark verify`: "
         f"{problems}); {fix}"
     )
+
+
+def _file_state(directory: Path, skip: Collection[str]) -> dict[str, Any] | None:
+    """What a remembered check vouches for: the manifest's bytes and each listed file's size and mtime
+    (None when the manifest cannot be read: then there is nothing to remember)."""
+    try:
+        manifest_bytes = (directory / "manifest.json").read_bytes()
+        files = sorted({name for shard in json.loads(manifest_bytes)["shards"]
+                        for name in (shard["file"], shard["index_file"])})
+        stats = {}
+        for name in files:
+            st = os.stat(directory / name)
+            stats[name] = [st.st_size, st.st_mtime_ns]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(), "files": stats, "skip": sorted(skip)}
+
+
+def _remembered(record: Path, directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(record.read_text()).get(str(directory.resolve()))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remember(record: Path, directory: Path, state: dict[str, Any]) -> None:
+    """Add this dataset's state to the record, atomically (a torn record just means a re-check)."""
+    try:
+        known = json.loads(record.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    known[str(directory.resolve())] = state
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, record)
 
 
 def _ids_by_shard(directory: Path) -> dict[int, list[str]]:
