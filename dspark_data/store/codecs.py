@@ -262,16 +262,13 @@ def _fp8_as_scaled_bf16(data: np.ndarray, tmp: np.ndarray, bits: np.ndarray) -> 
     return bits
 
 
-def _fp8_layer(data: np.ndarray, scale: torch.Tensor, dst: torch.Tensor) -> None:
-    """Decode one layer's e4m3 bytes [T, H] times its per-token scales [T] into `dst` [T, H] (bf16)."""
+def _fp8_layer(data: np.ndarray, scale: torch.Tensor, shifted: torch.Tensor | None, dst: torch.Tensor) -> None:
+    """Decode one layer's e4m3 bytes [T, H] times its per-token scales [T, 1] into `dst` [T, H] (bf16).
+    `shifted`: the scales times 2**120, or None when they are too large for that (the lookup path)."""
     t, h = data.shape
-    if data.size == 0:
+    if shifted is None:  # huge activations: exact lookup path
+        torch.mul(torch.from_numpy(_FP8_TO_BF16_NP[data]).view(torch.bfloat16), scale, out=dst)
         return
-    if float(scale.float().abs().max()) >= _FP8_FAST_MAX_SCALE:  # huge activations: exact lookup path
-        vals = torch.from_numpy(_FP8_TO_BF16_NP[data]).view(torch.bfloat16)
-        torch.mul(vals, scale[:, None], out=dst)
-        return
-    shifted = (scale.float() * _FP8_BIAS_SHIFT).to(torch.bfloat16)[:, None]  # exact: a power-of-two shift
     for rows in _row_blocks(t, h):
         n = (rows.stop - rows.start) * h
         tmp, bits = _scratch("fp8_tmp", n).reshape(-1, h), _scratch("fp8_bits", n).reshape(-1, h)
@@ -287,10 +284,15 @@ def _decode_fp8(payload: bytes | memoryview, shape: Sequence[int], threads: int 
     scales = torch.from_numpy(np.frombuffer(chunks[0][0], dtype=np.int16).reshape(t, n_layers).copy())
     scales = scales.view(torch.bfloat16)
     out = torch.from_numpy(np.empty((t, n_layers, h), dtype=np.int16)).view(torch.bfloat16)  # huge pages
+    if t == 0 or h == 0:
+        return out
+    fast = (scales.float().abs().amax(dim=0) < _FP8_FAST_MAX_SCALE).tolist()
+    shifted = (scales.float() * _FP8_BIAS_SHIFT).to(torch.bfloat16)  # exact (power-of-two) where `fast`
 
     def one(layer: int) -> None:
         data = np.frombuffer(_unzstd(*chunks[layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
-        _fp8_layer(data, scales[:, layer], out[:, layer, :])
+        fast_shifted = shifted[:, layer, None] if fast[layer] else None
+        _fp8_layer(data, scales[:, layer, None], fast_shifted, out[:, layer, :])
 
     _map(one, n_layers, threads)
     return out
