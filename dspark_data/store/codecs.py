@@ -4,13 +4,13 @@ Why: the cached hidden states are the field's biggest cost (one uncompressed bf1
 10-40 TB per dataset). bf16 activations compress badly as a byte stream (plain zstd ~1.25x) because
 each value's high byte (sign + 7 exponent bits, low entropy) alternates with its low byte (1 exponent
 bit + 7 mantissa bits, nearly random). Splitting the two byte planes and compressing them separately
-lets zstd's entropy coder see the high plane alone: ~1.44x lossless. FP8 e4m3 with one scale per
-(token, layer) halves the bytes before zstd: ~2.2x at a few percent relative error.
+lets zstd's entropy coder see the high plane alone: ~1.45-1.5x lossless. FP8 e4m3 with one scale per
+(token, layer) halves the bytes before zstd: ~2.3x at 2-3% relative error.
 
-Tensors are `[T, L, H]` bfloat16 (tokens, layers, hidden). Work is split into chunks, one per layer
-(and byte plane), compressed on a shared thread pool: zstandard and torch release the GIL, so the
-chunks run in parallel and the writer keeps up with capture. Decoding writes each chunk straight into
-its place in the output with numpy strided copies: no Python loop per token.
+Tensors are `[T, L, H]` bfloat16 (tokens, layers, hidden). Chunks are per layer (and byte plane);
+`threads` spreads one sample's chunks over a shared pool, but the writer encodes whole samples side by
+side instead (`hidden.py`), which scales better. Speed notes (zstd preset, fp8 decoding by bit moves,
+cache-sized blocks) are with the code below and in docs/formats/store.md, with measurements.
 
 Payload (little-endian): header `<4sBBHIII` = magic b"DSHS", format version, codec id, chunk count,
 T, L, H; then per chunk a u32 stored length and a u8 mode (0 raw, 1 zstd); then the chunks. The
