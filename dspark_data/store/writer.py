@@ -35,13 +35,9 @@ import pyarrow as pa
 from dspark_data.store.files import (
     SHARD_RE,
     TMP_PREFIX,
-    HashingSink,
     WriterLock,
     fsync_dir,
     fsync_file,
-    index_name,
-    publish,
-    shard_name,
 )
 from dspark_data.store.manifest import (
     FingerprintMismatch,
@@ -53,20 +49,10 @@ from dspark_data.store.manifest import (
     utc_now,
     write_manifest,
 )
+from dspark_data.store.shard_file import ShardFileWriter
 from schemas.base import fingerprint as fingerprint_of
-from schemas.store import ERRORS_NAME, ErrorRecord, Manifest, ShardEntry
+from schemas.store import ERRORS_NAME, ErrorRecord, Manifest
 
-INDEX_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("batch", pa.int32()),  # record batch number inside the shard
-        ("row", pa.int32()),  # row inside that batch
-        ("offset", pa.int64()),  # byte range of the batch in the shard file (batch 0 includes the header)
-        ("length", pa.int64()),
-        ("tokens", pa.int64()),
-        ("sha256", pa.binary(32)),  # sha256 of that byte range: the per-sample checksum
-    ]
-)
 _DEFAULT = "input_ids"
 
 
@@ -145,7 +131,7 @@ class ShardWriter:
         self._pending: list[dict[str, Any]] = []
         self._pending_raw: list[int | None] = []
         self._pending_errors: list[ErrorRecord] = []
-        self._shard: _OpenShard | None = None
+        self._shard: ShardFileWriter | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -275,7 +261,8 @@ class ShardWriter:
     def _append_unchecked(self, batch: pa.RecordBatch, raws: list[int | None]) -> None:
         if self._shard is None:
             n = len(self.manifest.shards)
-            self._shard = _OpenShard(self.directory, n, self.schema, self._ipc_options, self.manifest.totals.samples)
+            first_row = self.manifest.totals.samples
+            self._shard = ShardFileWriter(self.directory, n, self.schema, self._ipc_options, first_row)
         per_row = batch.nbytes // max(1, batch.num_rows)
         if self.length_column:
             tokens = batch.column(self.length_column).value_lengths().fill_null(0).to_pylist()
@@ -378,79 +365,6 @@ class ShardWriter:
             if p.name in {"manifest.json", ERRORS_NAME} or p.name.startswith(TMP_PREFIX) or SHARD_RE.match(p.name):
                 p.unlink()
         fsync_dir(self.directory)
-
-
-class _OpenShard:
-    """The shard being written: a temp Arrow IPC file plus its per-sample index rows."""
-
-    def __init__(self, directory: Path, n: int, schema: pa.Schema, options: pa.ipc.IpcWriteOptions, first_row: int):
-        self.directory, self.n, self.first_row = directory, n, first_row
-        self.tmp = directory / f"{TMP_PREFIX}{shard_name(n)}"
-        self.file = open(self.tmp, "wb")
-        self.sink = HashingSink(self.file)
-        self.ipc = pa.ipc.new_file(pa.PythonFile(self.sink, mode="w"), schema, options=options)
-        self.index: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
-        self.samples = self.batches = self.tokens = self.raw_bytes = 0
-
-    def write(self, batch: pa.RecordBatch, ids: list[str], tokens: list[int], raws: list[int]) -> None:
-        start = self.sink.position
-        self.ipc.write_batch(batch)
-        digest = self.sink.take_range_digest()  # a future: resolved in finish(), hashing overlaps writing
-        length = self.sink.position - start
-        for r, (sid, tok) in enumerate(zip(ids, tokens, strict=True)):
-            for key, value in zip(INDEX_SCHEMA.names, (sid, self.batches, r, start, length, tok, digest), strict=True):
-                self.index[key].append(value)
-        self.batches += 1
-        self.samples += len(ids)
-        self.tokens += sum(tokens)
-        self.raw_bytes += sum(raws)
-
-    def finish(self) -> ShardEntry:
-        """Close, fsync and publish the shard and its index; return the manifest entry (not yet committed)."""
-        self.ipc.close()
-        fsync_file(self.file)
-        self.file.close()
-        shard_sha256 = self.sink.file_hexdigest()
-        self.index["sha256"] = [digest.result() for digest in self.index["sha256"]]
-        final = self.directory / shard_name(self.n)
-        publish(self.tmp, final)
-        index_tmp = self.directory / f"{TMP_PREFIX}{index_name(self.n)}"
-        with open(index_tmp, "wb") as f:
-            sink = HashingSink(f)
-            with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), INDEX_SCHEMA) as w:
-                w.write_batch(pa.record_batch(self.index, schema=INDEX_SCHEMA))
-            fsync_file(f)
-        index_sha256 = sink.file_hexdigest()
-        publish(index_tmp, self.directory / index_name(self.n))
-        ids = self.index["id"]
-        return ShardEntry(
-            file=final.name,
-            sha256=shard_sha256,
-            bytes=self.sink.position,
-            index_file=index_name(self.n),
-            index_sha256=index_sha256,
-            index_bytes=sink.position,
-            samples=self.samples,
-            batches=self.batches,
-            tokens=self.tokens,
-            raw_bytes=self.raw_bytes,
-            first_row=self.first_row,
-            last_row=self.first_row + self.samples - 1,
-            first_id=ids[0] if ids else None,
-            last_id=ids[-1] if ids else None,
-        )
-
-    def discard(self) -> None:
-        try:
-            self.ipc.close()
-        except Exception:  # noqa: BLE001 - the temp file is being thrown away
-            pass
-        self.sink.discard()
-        try:
-            self.file.close()
-        except OSError:  # e.g. ENOSPC flushing the buffer: the file is thrown away anyway
-            pass
-        self.tmp.unlink(missing_ok=True)
 
 
 def _is_list(t: pa.DataType) -> bool:
