@@ -17,7 +17,7 @@ import torch
 from dspark_data.targets import TargetInfo, load_target_info, resolve_target
 from dspark_data.targets.weights import TargetHead, load_target_head
 from dspark_train.data import HiddenSource, SyntheticHiddenSource, open_source
-from dspark_train.data.checks import DraftVocab, LayerSlots, check_hidden, layer_slots, load_vocab
+from dspark_train.data.checks import DataMismatch, DraftVocab, LayerSlots, check_hidden, layer_slots, load_vocab
 from schemas.recipe import Recipe
 
 
@@ -68,6 +68,11 @@ def load_inputs(
     `CorruptData` (one of them) when the dataset fails `dspark verify` outside `skip_samples`. A passed
     integrity check is remembered in `train_dir`, so a resume over unchanged files does not repeat it.
     """
+    if skip_samples and (stream is not None or synthetic is not None):  # it used to be silently ignored there
+        raise DataMismatch(
+            "--skip-samples leaves damaged samples of a stored hidden-state dataset out of training; with "
+            f"{'--stream' if stream is not None else '--synthetic'} no stored samples are read: drop --skip-samples"
+        )
     if synthetic is None and (data_dir is None or not Path(data_dir).is_dir()):
         raise FileNotFoundError(
             f"hidden-state data {data_dir} not found: run `dspark dump-hidden` first or pass --data DIR"

@@ -246,3 +246,14 @@ def test_markov_ablation_table(tmp_path) -> None:
     assert rows["Markov off (rank 0)"]["val_acc_pos2"] == pytest.approx(0.15)
     table = (tmp_path / "cmp" / "markov.md").read_text()
     assert "| DSpark (Markov on) | 2.500 |" in table and "acc@2" in table and "| untrained | 1.000 |" in table
+
+
+def test_skip_samples_without_stored_data_is_refused() -> None:
+    """`--skip-samples` names samples of a stored dataset; with --stream or --synthetic it used to be
+    silently ignored."""
+    from dspark_train.inputs import load_inputs
+
+    recipe = load_recipe("tiny", SMALL)
+    for kwargs in ({"stream": object()}, {"synthetic": 8}):
+        with pytest.raises(DataMismatch, match="drop --skip-samples"):
+            load_inputs(recipe, data_dir=None, vocab_path=None, skip_samples=("s1",), **kwargs)
