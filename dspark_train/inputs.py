@@ -29,7 +29,7 @@ class TrainInputs:
     slots: LayerSlots
     vocab: DraftVocab
     data_where: str  # the data directory, or "synthetic:N"
-    notes: list[str] = dataclasses.field(default_factory=list)  # what the data checks did, for the log
+    checks: list[Any] = dataclasses.field(default_factory=list)  # IntegrityCheck per dataset: log, remember()
 
     def target_fingerprint(self) -> dict[str, Any]:
         """The target's identity for the plan fingerprint: its config facts (not its local path)."""
@@ -66,7 +66,8 @@ def load_inputs(
 
     Raises `DataMismatch` (a ValueError) naming the layer, hidden size or vocab that does not fit, and
     `CorruptData` (one of them) when the dataset fails `dspark verify` outside `skip_samples`. A passed
-    integrity check is remembered in `train_dir`, so a resume over unchanged files does not repeat it.
+    integrity check can be remembered in `train_dir` (`checks[i].remember()`, once the run is accepted), so a
+    resume over unchanged files does not repeat it.
     """
     if skip_samples and (stream is not None or synthetic is not None):  # it used to be silently ignored there
         raise DataMismatch(
@@ -80,7 +81,7 @@ def load_inputs(
     target_dir = resolve_target(recipe.target.model)  # may build a tiny target (cached): after the cheap checks
     info = load_target_info(target_dir)
     n_layers = info.num_hidden_layers
-    notes: list[str] = []
+    checks: list[Any] = []
     draft_vocab = min(recipe.vocab.draft_vocab_size, info.vocab_size)
     if synthetic is not None:
         source: HiddenSource = SyntheticHiddenSource(
@@ -101,7 +102,7 @@ def load_inputs(
         where = f"stream:{','.join(stream.endpoints)} ({data_dir})"
     else:
         # refuses corrupt data (rank 0 reads)
-        source = open_source(data_dir, skip=skip_samples, verify=rank == 0, record_dir=train_dir, notes=notes)
+        source = open_source(data_dir, skip=skip_samples, verify=rank == 0, record_dir=train_dir, checks=checks)
         where = str(data_dir)
     slots = layer_slots(source.info.layer_ids, recipe.capture.aux_layers, n_layers, where)
     check_hidden(source, hidden_size=info.hidden_size, vocab_size=info.vocab_size, where=where)
@@ -111,7 +112,7 @@ def load_inputs(
         vocab = DraftVocab(t2d, d2t, f"synthetic-{draft_vocab}")
     else:
         vocab = load_vocab(vocab_path, target_vocab_size=info.vocab_size, draft_vocab_size=draft_vocab)
-    return TrainInputs(target_dir, info, source, slots, vocab, where, notes)
+    return TrainInputs(target_dir, info, source, slots, vocab, where, checks)
 
 
 def load_head(target_dir: str, device: torch.device) -> TargetHead:

@@ -144,7 +144,7 @@ class Trainer:
         )
         self.step, self.tokens_seen = 0, 0
         self.untrained_val = self.last_val = None
-        self.notes = list(self.inputs.notes)
+        self.notes = [check.message for check in self.inputs.checks]
         self._checkpoint_state = state
         if self.decision.action == "cached":
             return
@@ -181,6 +181,8 @@ class Trainer:
             progress=opts.progress,
         )
         self.logger.message(f"[bold]{self.decision.message}[/bold] ({self._describe()})")
+        for check in self.inputs.checks:  # the run is accepted: a resume may now skip the re-hash
+            check.remember()
         captured_from = self.inputs.source.info.target
         if captured_from and captured_from != recipe.target.model:
             self.notes.append(f"the data was captured from target {captured_from!r}, the recipe names "

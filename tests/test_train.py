@@ -90,7 +90,7 @@ def test_lr_schedule_warmup_cosine() -> None:
     assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
 
 
-def test_same_seed_bit_identical_and_exact_resume(data, tmp_path) -> None:
+def test_same_seed_bit_identical_and_exact_resume(data, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = _recipe(data)
     a = run(recipe, _opts(data, tmp_path / "a"))
     run(recipe, _opts(data, tmp_path / "b"))
@@ -98,7 +98,14 @@ def test_same_seed_bit_identical_and_exact_resume(data, tmp_path) -> None:
     stopped = run(recipe, _opts(data, tmp_path / "c", stop_after=5))
     assert stopped == {"stopped_at": 5}
     assert (tmp_path / "c" / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    assert (tmp_path / "c" / "data-verified.json").is_file()  # so the resume below does not re-hash the data
+
+    def no_rehash(directory: object) -> None:
+        raise AssertionError(f"the resume re-hashed {directory} although its files did not change")
+
+    monkeypatch.setattr("dspark_data.store.verify", no_rehash)
     c = run(recipe, _opts(data, tmp_path / "c"))
+    monkeypatch.undo()
     wa = _final_weights(tmp_path / "a")
     assert _same(wa, _final_weights(tmp_path / "b"))
     assert _same(wa, _final_weights(tmp_path / "c"))

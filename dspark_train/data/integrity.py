@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +34,47 @@ class CorruptData(DataMismatch):
     """The dataset fails `dspark verify` in samples that were not named to skip (or in unskippable files)."""
 
 
-def check_integrity(directory: str | Path, skip: Collection[str] = (), *, record_dir: Path | None = None) -> str:
-    """Raise CorruptData naming the damage unless every damaged sample is in `skip`; return what was done.
+@dataclass
+class IntegrityCheck:
+    """What `check_integrity` did, and how to remember that the data passed.
 
-    `record_dir`: where a passed check is remembered (the train directory); None: always re-hash."""
+    Remembering is left to the caller (`remember()`), so that a run refused by a later check writes
+    nothing into its output directory."""
+
+    message: str
+    record: Path | None = None
+    directory: Path | None = None
+    state: dict[str, Any] | None = None
+
+    def remember(self) -> None:
+        if self.record is not None and self.directory is not None and self.state is not None:
+            _remember(self.record, self.directory, self.state)
+
+
+def check_integrity(
+    directory: str | Path, skip: Collection[str] = (), *, record_dir: Path | None = None
+) -> IntegrityCheck:
+    """Raise CorruptData naming the damage unless every damaged sample is in `skip`.
+
+    `record_dir`: where a passed check is remembered (the train directory) once the caller calls
+    `remember()` on the result; a check recorded there for the same files is not repeated."""
     from dspark_data.store import verify
 
     directory = Path(directory)
     state = _file_state(directory, skip)
     record = record_dir / RECORD_NAME if record_dir is not None else None
     if record is not None and state is not None and _remembered(record, directory) == state:
-        return (f"data {directory}: files unchanged since the check recorded in {record}, not re-hashed "
-                "(delete that file to force a full check)")
+        return IntegrityCheck(f"data {directory}: files unchanged since the check recorded in {record}, not "
+                              "re-hashed (delete that file to force a full check)")
     start = time.perf_counter()
     report = verify(directory)
     error = None if report.ok else _damage_error(directory, report, skip)
     if error is not None:
         raise error
-    if record is not None and state is not None:
-        _remember(record, directory, state)
     outcome = "no damage" if report.ok else f"damage only in the {len(skip)} skipped sample(s)"
-    return (f"data {directory}: {report.shards_checked} shard(s), {report.bytes_checked / 1e9:.2f} GB re-hashed "
-            f"in {time.perf_counter() - start:.1f} s, {outcome}")
+    message = (f"data {directory}: {report.shards_checked} shard(s), {report.bytes_checked / 1e9:.2f} GB "
+               f"re-hashed in {time.perf_counter() - start:.1f} s, {outcome}")
+    return IntegrityCheck(message, record, directory, state)
 
 
 def _damage_error(directory: Path, report: Any, skip: Collection[str]) -> CorruptData | None:

@@ -116,14 +116,15 @@ def open_source(
     skip: Collection[str] = (),
     verify: bool = True,
     record_dir: Path | None = None,
-    notes: list[str] | None = None,
+    checks: list[Any] | None = None,
 ) -> HiddenSource:
     """Open a hidden-state dataset directory written by `dspark dump-hidden`.
 
     `verify`: first re-hash every sample (`dspark verify`) and refuse a corrupt dataset unless its damaged
-    samples are all in `skip` (`data/integrity.py`); `record_dir`: remember a passed check there (the train
-    directory) so a rerun over unchanged files skips it; `notes`: receives one line per check saying what
-    was done; `skip`: sample ids left out of training.
+    samples are all in `skip` (`data/integrity.py`); `record_dir`: where a passed check may be remembered
+    (the train directory) so a rerun over unchanged files skips it; `checks`: receives each
+    `IntegrityCheck` (its message, and `remember()` for when the run is accepted); `skip`: sample ids left
+    out of training.
     """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
     from dspark_data.stream.cache import cache_parts, is_cache, open_cache
@@ -134,8 +135,8 @@ def open_source(
 
         for directory in cache_parts(Path(path)) if cache else [Path(path)]:
             done = check_integrity(directory, skip, record_dir=record_dir)
-            if notes is not None:
-                notes.append(done)
+            if checks is not None:
+                checks.append(done)
     return StoreSource(open_cache(Path(path)) if cache else open_hidden(Path(path)), skip=skip)
 
 

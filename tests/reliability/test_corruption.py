@@ -213,18 +213,27 @@ def test_skipped_samples_change_the_data_fingerprint(base: Path) -> None:
 
 def test_a_passed_check_is_remembered_until_a_file_changes(base: Path, tmp_path: Path) -> None:
     """A resume over unchanged files does not re-read the dataset; damage written after the check (a new
-    mtime) is re-checked and refused; a changed skip list re-checks."""
+    mtime) is re-checked and refused; a changed skip list re-checks; nothing is recorded until the caller
+    accepts the run (`remember()`), so a refused run writes nothing."""
     from dspark_train.data.integrity import RECORD_NAME, CorruptData, check_integrity
+
+    def check(**kwargs: object) -> str:
+        done = check_integrity(d, record_dir=run, **kwargs)
+        done.remember()
+        return done.message
 
     d, run = _copy(base, tmp_path), tmp_path / "run"
     first = check_integrity(d, record_dir=run)
-    assert "re-hashed" in first and "no damage" in first and (run / RECORD_NAME).is_file()
-    assert "not re-hashed" in check_integrity(d, record_dir=run)
-    assert "not re-hashed" not in check_integrity(d, skip=["s0001"], record_dir=run)  # another skip list
-    assert "not re-hashed" not in check_integrity(d)  # no record dir: always checked
-    assert "not re-hashed" not in check_integrity(d, record_dir=run)  # the record now holds the skip list above
-    assert "not re-hashed" in check_integrity(d, record_dir=run)
+    assert "re-hashed" in first.message and "no damage" in first.message
+    assert not run.exists(), "the check wrote before the run was accepted"
+    first.remember()
+    assert (run / RECORD_NAME).is_file()
+    assert "not re-hashed" in check()
+    assert "not re-hashed" not in check(skip=["s0001"])  # another skip list
+    assert "not re-hashed" not in check_integrity(d).message  # no record dir: always checked
+    assert "not re-hashed" not in check()  # the record now holds the skip list above
+    assert "not re-hashed" in check()
     entry = load_manifest(d).shards[3]
     _flip(d / entry.file, _index(d, 3)["offset"][0].as_py() + 100)
     with pytest.raises(CorruptData, match="--skip-samples"):
-        check_integrity(d, record_dir=run)
+        check()
