@@ -31,7 +31,7 @@ import torch
 from dspark_data.store import codecs
 from dspark_data.store.manifest import StoreError
 from dspark_data.store.reader import ShardDataset, open_dataset
-from dspark_data.store.writer import ShardWriter
+from dspark_data.store.writer import CloseOnSuccess, ShardWriter
 from schemas.store import Manifest
 
 KIND_HIDDEN = "hidden"
@@ -55,7 +55,7 @@ class HiddenSample:
     hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers in recipe order, then the last layer
 
 
-class HiddenStateWriter:
+class HiddenStateWriter(CloseOnSuccess):
     """Encode and append hidden-state samples; resumable like every store writer (`committed_ids`).
 
     Why samples are encoded in a pipeline: splitting one sample's encode across cores pays a thread
@@ -193,15 +193,6 @@ class HiddenStateWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-    def __enter__(self) -> HiddenStateWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class HiddenDataset:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -56,7 +56,30 @@ from schemas.store import ERRORS_NAME, ErrorRecord, Manifest
 _DEFAULT = "input_ids"
 
 
-class ShardWriter:
+_W = TypeVar("_W", bound="CloseOnSuccess")
+
+
+class CloseOnSuccess:
+    """Writer context: `close()` (commit, mark complete) when the block succeeds, `abort()` (keep only what
+    was committed) when it raises, so an exception never publishes a half-written tail as complete."""
+
+    def close(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ShardWriter(CloseOnSuccess):
     """Append samples (dicts matching `arrow_schema`, with a string `id`) to a sharded dataset."""
 
     def __init__(
@@ -194,15 +217,6 @@ class ShardWriter:
                 self._shard = None
         finally:
             self._lock.release()
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     # ------------------------------------------------------------------ writing
 
