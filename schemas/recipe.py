@@ -22,7 +22,21 @@ class TargetConfig(StrictModel):
         "for the embedded tiny target built and cached locally.",
     )
     revision: str | None = Field(None, description="Hub revision (commit or tag) of the target.")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size for the target.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM tensor parallel size for the target. CUDA/ROCm DSA models (GLM-5.x) capture per-rank "
+        "partial sums above 1: spread them with data_parallel_size + enable_expert_parallel instead.",
+    )
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM data parallel size (engine replicas, one attention copy each; vllm serve only: "
+        "the in-process engine of dump-hidden and regen runs one replica).",
+    )
+    enable_expert_parallel: bool = Field(
+        False, description="vLLM expert parallel: MoE experts spread over tensor x data parallel ranks."
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Target compute dtype.")
     max_model_len: int | None = Field(None, ge=16, description="vLLM max_model_len (default: seq_len).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory fraction.")

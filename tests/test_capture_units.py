@@ -21,7 +21,6 @@ from dspark_data.capture.layers import (
 from dspark_data.capture.projection import dry_run_plan, estimate_tokens, project
 from dspark_data.capture.spool import SpoolError, spool_path, take_record, write_error, write_record
 from dspark_data.capture.validate import check_capture
-from dspark_data.capture.vllm_limits import check_vllm_support
 from schemas.loading import load_recipe
 
 # ---------------------------------------------------------------- layer plans
@@ -83,24 +82,6 @@ def test_seed_recipe_dry_run_projection(tmp_path):
     assert set(by_codec) == {"raw", "zstd-split", "fp8"}
     assert by_codec["raw"].raw_bytes == 50_000 * 4096 * 73_728
     assert by_codec["fp8"].bytes < by_codec["zstd-split"].bytes < by_codec["raw"].bytes
-
-
-# ---------------------------------------------------------------- vLLM model limits
-
-
-def test_vllm_limits_for_dsa_and_deepseek_models():
-    plan = plan_layers([8, 70], True, 78, 6144)
-    for platform in ("cuda", "rocm"):
-        with pytest.raises(CaptureConfigError, match="never returns layer id 78"):
-            check_vllm_support(["GlmMoeDsaForCausalLM"], plan, 1, platform)
-    no_last = plan_layers([8, 70], False, 78, 6144)
-    check_vllm_support(["GlmMoeDsaForCausalLM"], no_last, 1, "cuda")
-    with pytest.raises(CaptureConfigError, match="partial sums"):
-        check_vllm_support(["GlmMoeDsaForCausalLM"], no_last, 4, "cuda")
-    check_vllm_support(["GlmMoeDsaForCausalLM"], plan, 4, "cpu")  # CPU runs DeepseekV2Model (refuses DSA later)
-    with pytest.raises(CaptureConfigError, match="layer id 0"):
-        check_vllm_support(["DeepseekV3ForCausalLM"], plan_layers([0, 2], True, 4, 128), 1, "cpu")
-    check_vllm_support(["LlamaForCausalLM"], plan_layers([0, 2], True, 4, 128), 8, "cuda")
 
 
 # ---------------------------------------------------------------- sample checks

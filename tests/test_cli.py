@@ -27,7 +27,8 @@ def test_config_show_prints_the_seed_recipe() -> None:
     out = result.output
     for needle in [
         "zai-org/GLM-5.2-FP8",
-        "tensor_parallel_size: 4",
+        "tensor_parallel_size: 1",
+        "data_parallel_size: 4",
         "HuggingFaceH4/ultrachat_200k",
         "num_prompts: 50000",
         "seq_len: 4096",

@@ -15,7 +15,10 @@ def test_builtin_recipes_validate() -> None:
 
 def test_seed_recipe_matches_model_card() -> None:
     r = load_recipe("glm52-dspark")
-    assert r.target.model == "zai-org/GLM-5.2-FP8" and r.target.tensor_parallel_size == 4
+    assert r.target.model == "zai-org/GLM-5.2-FP8"
+    # the seed served TP4; dspark captures at TP 1 x DP 4 + EP on the same 4 GPUs (true residual states)
+    t = r.target
+    assert (t.tensor_parallel_size, t.data_parallel_size, t.enable_expert_parallel) == (1, 4, True)
     assert r.prompts.source == "HuggingFaceH4/ultrachat_200k" and r.prompts.num_prompts == 50000
     assert r.seq_len == 4096
     assert r.capture.aux_layers == [8, 23, 39, 55, 70]

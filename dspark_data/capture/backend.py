@@ -51,6 +51,8 @@ class EngineOptions:
     dtype: str = "bfloat16"
     max_model_len: int = 4096
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1  # > 1: vllm serve only (vLLM's in-process LLM refuses it)
+    enable_expert_parallel: bool = False
     gpu_memory_utilization: float = 0.9
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
     batch_size: int = 64  # most requests in flight (vllm; hf runs one sequence per forward)

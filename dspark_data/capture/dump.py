@@ -103,6 +103,8 @@ def dump_hidden(
                 dtype=recipe.target.dtype,
                 max_model_len=recipe.seq_len,
                 tensor_parallel_size=recipe.target.tensor_parallel_size,
+                data_parallel_size=recipe.target.data_parallel_size,
+                enable_expert_parallel=recipe.target.enable_expert_parallel,
                 gpu_memory_utilization=recipe.target.gpu_memory_utilization,
                 batch_size=capture.batch_size,
             )

@@ -27,7 +27,7 @@ import torch
 from dspark_data.capture.backend import Captured, EngineOptions
 from dspark_data.capture.layers import LayerPlan, check_hidden_size
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
-from dspark_data.capture.vllm_limits import check_vllm_support
+from dspark_data.capture.vllm_limits import check_in_process_layout, check_vllm_support
 from dspark_data.targets import load_target_info
 from dspark_data.vllm_env import apply_cpu_defaults
 
@@ -62,6 +62,8 @@ def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spoo
         # one sampled token plus the speculative slot beyond the longest prompt
         "max_model_len": options.max_model_len + 2,
         "tensor_parallel_size": options.tensor_parallel_size,
+        "data_parallel_size": options.data_parallel_size,
+        "enable_expert_parallel": options.enable_expert_parallel,
         "gpu_memory_utilization": options.gpu_memory_utilization,
         "enforce_eager": eager,  # default on CPU: torch.compile costs ~2 min of start-up, no gain on small targets
         "enable_prefix_caching": False,
@@ -91,13 +93,14 @@ class VllmCapture:
         check_vllm_support(
             load_target_info(model_path).architectures, plan, options.tensor_parallel_size, vllm_platform()
         )
+        check_in_process_layout(options.data_parallel_size)
         self.spool_dir = make_spool_dir(spool_root)
         self._sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
         self._ids = itertools.count()
         self.max_requests = options.batch_size
         engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
         self.max_tokens = max(1, options.in_flight_bytes // engine_bytes)
-        apply_cpu_defaults()
+        apply_cpu_defaults(options.tensor_parallel_size * options.data_parallel_size)
         try:
             self.llm = LLM(**engine_kwargs(model_path, plan, options, self.spool_dir))
         except BaseException:

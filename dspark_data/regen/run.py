@@ -269,6 +269,8 @@ def _make_backend(
             revision=t.revision,
             dtype=t.dtype,
             tensor_parallel_size=t.tensor_parallel_size,
+            data_parallel_size=t.data_parallel_size,
+            enable_expert_parallel=t.enable_expert_parallel,
             max_model_len=t.max_model_len or recipe.seq_len,
             gpu_memory_utilization=t.gpu_memory_utilization,
             seed=recipe.seed,

@@ -92,6 +92,8 @@ def target_setup(recipe: Recipe, tensor_parallel_size: int | None = None) -> Tar
         dtype=recipe.target.dtype,
         max_model_len=recipe.seq_len,  # as dump-hidden: conversations are cut at seq_len
         tensor_parallel_size=tensor_parallel_size or recipe.target.tensor_parallel_size,
+        data_parallel_size=recipe.target.data_parallel_size,
+        enable_expert_parallel=recipe.target.enable_expert_parallel,
         gpu_memory_utilization=recipe.target.gpu_memory_utilization,
     )
     return TargetSetup(model_path, plan, info.vocab_size, options)
@@ -237,7 +239,7 @@ async def _start_upstream(
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         return None, runner
-    apply_cpu_defaults()
+    apply_cpu_defaults(setup.options.tensor_parallel_size * setup.options.data_parallel_size)
     argv = vllm_command(setup, spool_dir, port, opts.vllm_args)
     env = {**os.environ, "VLLM_API_KEY": api_key}
     return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent), None

@@ -27,6 +27,8 @@ def start_engine(
     revision: str | None = None,
     dtype: str = "bfloat16",
     tensor_parallel_size: int = 1,
+    data_parallel_size: int = 1,
+    enable_expert_parallel: bool = False,
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.9,
     seed: int = 0,
@@ -37,9 +39,11 @@ def start_engine(
     minutes there and buys nothing for small models), vLLM's default elsewhere. On CPU chunked prefill
     is turned off (see below); a `vllm serve` for the openai backend on CPU needs the same
     `--no-enable-chunked-prefill`."""
+    from dspark_data.capture.vllm_limits import check_in_process_layout
     from dspark_data.vllm_env import apply_cpu_defaults
 
-    apply_cpu_defaults()
+    check_in_process_layout(data_parallel_size, what="regen.backend=vllm")
+    apply_cpu_defaults(tensor_parallel_size)
     from vllm import LLM
     from vllm.platforms import current_platform
 
@@ -50,6 +54,7 @@ def start_engine(
         revision=revision,
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
+        enable_expert_parallel=enable_expert_parallel,
         max_model_len=max_model_len,
         seed=seed,
         enforce_eager=enforce_eager,
