@@ -146,9 +146,8 @@ def test_layout_fields_reach_every_engine_start(tmp_path, tiny_random_target):
     from dspark_data.stream.launch import target_setup, vllm_command
     from schemas.loading import load_recipe
 
-    recipe = load_recipe(
-        "tiny", [f"target.model={tiny_random_target}", "target.data_parallel_size=2", "target.enable_expert_parallel=true"]
-    )
+    sets = [f"target.model={tiny_random_target}", "target.data_parallel_size=2", "target.enable_expert_parallel=true"]
+    recipe = load_recipe("tiny", sets)
     setup = target_setup(recipe)
     argv = vllm_command(setup, tmp_path / "spool", 8000)
     assert argv[argv.index("--data-parallel-size") + 1] == "2" and "--enable-expert-parallel" in argv
