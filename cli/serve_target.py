@@ -1,6 +1,6 @@
 """`dspark serve-target`: the recipe's target under vLLM with the capture connector, behind the stream gateway.
 
-    dspark serve-target --recipe glm52-dspark --tp 4 --port 8200             # trainers on this node
+    dspark serve-target --recipe glm52-dspark --port 8200                    # trainers on this node (TP1 x DP4 + EP)
     DSPARK_STREAM_TOKEN=$(openssl rand -hex 32) dspark serve-target -r glm52-dspark --host 0.0.0.0
 
 Trainers connect with `dspark train --stream --endpoint http://HOST:PORT` (docs/streaming.md).
