@@ -34,7 +34,8 @@ pytestmark = pytest.mark.vllm
 TOLERANCE = {"tiny:random": 1.5e-2, "tiny:mla": 1.5e-2}
 AUX = {"tiny:random": [1, 3, 5], "tiny:mla": [1, 3]}
 TOPK = 8
-LOGPROB_TOL = {"tiny:random": 0.1, "tiny:mla": 0.1}  # nats, bf16 logits; set from the measured values
+# nats, bf16 logits: measured 7.9e-3 (Llama) and 7.9e-3 (MLA) TP2 vs TP1, worst over every position's top 8
+LOGPROB_TOL = {"tiny:random": 2e-2, "tiny:mla": 2e-2}
 
 
 def _capture(target: str, tp: int, seqs: list[list[int]]):

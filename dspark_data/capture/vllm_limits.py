@@ -144,7 +144,9 @@ def check_vllm_support(
     installed vLLM. Data and expert parallel sizes do not matter: only tensor parallelism splits a layer's
     output across ranks. Every message names the vLLM version it was checked against.
     """
-    version = version or installed_vllm_version() or "(not installed)"
+    version = version or installed_vllm_version()
+    if version is None:
+        raise CaptureConfigError(f"vLLM is not installed; install 'vllm{table_range()}' (the `gpu` extra)")
     try:
         entry = limits_for(version)
     except CaptureConfigError:
