@@ -160,3 +160,17 @@ def test_layout_fields_reach_every_engine_start(tmp_path, tiny_random_target):
         dump_hidden(recipe, tmp_path / "regen", tmp_path / "hidden")
     with pytest.raises(CaptureConfigError, match=r"target\.data_parallel_size=2: regen\.backend=vllm"):
         start_engine(tiny_random_target, data_parallel_size=2)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("platform", ["cuda", "rocm"])
+def test_seed_recipe_layout_captures_true_states_on_gpu(version, platform):
+    """glm52-dspark's layout (TP 1 x DP 4 + EP) passes on CUDA and ROCm; the seed card's TP 4 does not."""
+    from schemas.loading import load_recipe
+
+    r = load_recipe("glm52-dspark", ["capture.include_last_layer=false"])  # id N: capture.topk_logprobs instead
+    plan = plan_layers(r.capture.aux_layers, r.capture.include_last_layer, 78, 6144)
+    check_vllm_support(GLM, plan, r.target.tensor_parallel_size, platform, version)
+    assert r.target.data_parallel_size * r.target.tensor_parallel_size == 4 and r.target.enable_expert_parallel
+    with pytest.raises(CaptureConfigError, match="partial sums"):
+        check_vllm_support(GLM, plan, 4, platform, version)
