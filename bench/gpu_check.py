@@ -246,7 +246,7 @@ def row_flex_train(steps: int = 4) -> dict[str, str]:
             loss.backward()
             grads[name] = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
             opts[name].step()
-            losses[name].append(float(loss))
+            losses[name].append(float(loss.detach()))
         grad_err = max(grad_err, float((grads["flex"] - grads["sdpa"]).norm() / grads["sdpa"].norm()))
     loss_err = max(abs(x - y) / abs(y) for x, y in zip(losses["flex"], losses["sdpa"], strict=True))
     ok = loss_err < FLEX_LOSS_TOL and grad_err < FLEX_GRAD_TOL
