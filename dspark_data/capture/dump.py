@@ -32,6 +32,7 @@ from dspark_data.capture.backend import EngineOptions, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
+from dspark_data.capture.vllm_limits import check_in_process_layout
 from dspark_data.store import HiddenStateWriter, open_dataset
 from dspark_data.store.files import atomic_write_bytes
 from schemas.recipe import Recipe
@@ -66,6 +67,8 @@ def dump_hidden(
 
     from dspark_data.targets import load_target_info, resolve_target
 
+    if backend_name == "vllm":  # before resolving (downloading) the target
+        check_in_process_layout(recipe.target.data_parallel_size)
     regen = open_dataset(data_dir, require_complete=True)  # cheap checks first: building a tiny target is not
     if regen.manifest.kind != "regen":
         raise CaptureConfigError(

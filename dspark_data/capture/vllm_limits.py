@@ -62,7 +62,7 @@ DSA_ROCM = ModelLimits("models/deepseek_v32/amd/model.py", True, True, True)
 
 @dataclass(frozen=True)
 class VersionLimits:
-    """The limits of one vLLM minor version: (implementation key, platform) -> limits."""
+    """The limits of one vLLM minor version, per model implementation (DSA: per platform)."""
 
     minor: tuple[int, int]
     dsa: dict[str, ModelLimits]  # platform -> limits of the DSA architectures
