@@ -533,22 +533,23 @@ def format_plan(plan: MemoryPlan, title: str) -> str:
     for name, value in sorted(plan.per_sample.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {name:<44s}{fmt_bytes(value):>12s}")
     lines.append(f"    {'loss over draft-vocab logits (peak)':<44s}{fmt_bytes(tr.loss_peak // s.batch_size):>12s}")
-    lines += ["", f"  per GPU, {plan.world_size} GPU(s){'':24s}" + "".join(f"{st.name:>14s}" for st in plan.strategies)]
-    rows = [("parameters (fp32)", "params"), ("gradients (fp32)", "grads"), ("AdamW state", "optimizer"),
-            ("frozen target tensors", "frozen")]
-    for label, attr in rows:
-        lines.append(f"    {label:<36s}" + "".join(f"{fmt_bytes(getattr(st, attr)):>14s}" for st in plan.strategies))
-    lines.append(f"    {'micro-batch inputs':<36s}" + "".join(f"{fmt_bytes(tr.inputs):>14s}" for _ in plan.strategies))
-    lines.append(f"    {'activations + transients (peak)':<36s}"
-                 + "".join(f"{fmt_bytes(tr.activations):>14s}" for _ in plan.strategies))
-    lines.append(f"    {'planned peak':<36s}" + "".join(f"{fmt_bytes(plan.peaks[st.name]):>14s}" for st in plan.strategies))
+    strats = plan.strategies
+
+    def row(label: str, cells: list[str]) -> str:
+        return f"    {label:<40s}" + "".join(f"{c:>14s}" for c in cells)
+
+    lines += ["", row(f"per GPU, {plan.world_size} GPU(s)", [st.name for st in strats])]
+    for label, attr in (("parameters (fp32)", "params"), ("gradients (fp32)", "grads"),
+                        ("AdamW state", "optimizer"), ("frozen target tensors", "frozen")):
+        lines.append(row(label, [fmt_bytes(getattr(st, attr)) for st in strats]))
+    lines.append(row("micro-batch inputs", [fmt_bytes(tr.inputs)] * len(strats)))
+    lines.append(row("activations + transients (peak)", [fmt_bytes(tr.activations)] * len(strats)))
+    lines.append(row("planned peak", [fmt_bytes(plan.peaks[st.name]) for st in strats]))
     if plan.gpu_memory is not None:
-        lines.append(f"    {'fits in ' + fmt_bytes(plan.usable or 0) + ' usable of ' + fmt_bytes(plan.gpu_memory):<36s}"
-                     + "".join(f"{'yes' if plan.fits[st.name] else 'NO':>14s}" for st in plan.strategies))
-        lines.append(f"    {'largest micro-batch (' + str(s.anchors) + ' anchors)':<36s}"
-                     + "".join(f"{plan.max_batch[st.name]:>14d}" for st in plan.strategies))
-        lines.append(f"    {'largest anchor count (batch 1)':<36s}"
-                     + "".join(f"{plan.max_anchors[st.name]:>14d}" for st in plan.strategies))
+        lines.append(row(f"fits in {fmt_bytes(plan.usable or 0)} usable of {fmt_bytes(plan.gpu_memory)}",
+                         ["yes" if plan.fits[st.name] else "NO" for st in strats]))
+        lines.append(row(f"largest micro-batch ({s.anchors} anchors)", [str(plan.max_batch[st.name]) for st in strats]))
+        lines.append(row("largest anchors (batch 1, <= seq_len)", [str(plan.max_anchors[st.name]) for st in strats]))
     return "\n".join(lines)
 
 
