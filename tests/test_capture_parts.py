@@ -218,3 +218,12 @@ def test_training_under_slurm_forms_the_world_from_its_variables(captured, tmp_p
     assert "world size 2" in outs[0]
     state = json.loads((tmp_path / "train" / "summary.json").read_text())
     assert state["steps"] == 2
+
+
+def test_dry_run_reads_a_regen_parent(captured):
+    """`dump-hidden --dry-run --data PARENT` projects from the exact token counts of all regen parts."""
+    root = captured["root"]
+    one = dump_hidden(captured["recipe"], root / "regen", root / "unused", dry_run=True)
+    parts = dump_hidden(captured["recipe"], root / "regen-parts", root / "unused", dry_run=True)
+    assert parts["tokens_exact"] and (parts["samples"], parts["tokens"]) == (one["samples"], one["tokens"])
+    assert not (root / "unused").exists()
