@@ -134,8 +134,7 @@ class SavedByComponent:
     def __init__(self, model: DSparkDraft) -> None:
         self.stack: list[str] = []
         self.bytes: dict[str, int] = {}
-        self._seen: set[int] = set()
-        self._keep: list[torch.UntypedStorage] = []  # keep ids unique while counting
+        self._seen: dict[int, weakref.ref] = {}  # weak: counting must not keep a saved tensor alive
         self._handles = []
         for name, module in model.named_modules():
             if name:
@@ -164,9 +163,9 @@ class SavedByComponent:
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         st = t.untyped_storage()
-        if id(st) not in self._seen:
-            self._seen.add(id(st))
-            self._keep.append(st)
+        ref = self._seen.get(id(st))
+        if ref is None or ref() is not st:
+            self._seen[id(st)] = weakref.ref(st)
             name = self.component()
             self.bytes[name] = self.bytes.get(name, 0) + st.nbytes()
         return t
@@ -174,7 +173,6 @@ class SavedByComponent:
     def close(self) -> None:
         for h in self._handles:
             h.remove()
-        self._keep.clear()
 
 
 # ---------------------------------------------------------------------------- the traced step

@@ -227,3 +227,21 @@ def test_dry_run_reads_a_regen_parent(captured):
     parts = dump_hidden(captured["recipe"], root / "regen-parts", root / "unused", dry_run=True)
     assert parts["tokens_exact"] and (parts["samples"], parts["tokens"]) == (one["samples"], one["tokens"])
     assert not (root / "unused").exists()
+
+
+def test_vllm_capture_in_parts(captured, tmp_path):
+    """The default backend (the real vLLM engine) captures the regen parent as 2 parts: together they hold
+    every sample once, each matching the hf capture within bf16 noise, and they merge-check as one dataset."""
+    from test_capture_support import rel_err
+
+    root = captured["root"]
+    recipe = tiny_recipe(captured["target"], "seq_len=128", "capture.batch_size=8")
+    for i in range(2):
+        summary = dump_hidden(recipe, root / "regen-parts", tmp_path / "vllm", num_shards=2, shard_index=i)
+        assert summary["backend"] == "vllm" and summary["out_dir"].endswith(f"part-{i:05d}-of-00002")
+    assert merge_check([tmp_path / "vllm"]).ok
+    parts, single = open_hidden_any(tmp_path / "vllm"), open_hidden(root / "single")
+    assert sorted(parts.ids) == sorted(single.ids)
+    worst = max(rel_err(parts[parts.index_of(s)].hidden, single[single.index_of(s)].hidden) for s in parts.ids)
+    print(f"vllm parts vs hf single capture: worst relative error {worst:.1e}")
+    assert worst < 2e-2
