@@ -19,18 +19,27 @@ def dump_hidden(
     limit: LimitOpt = None,
     backend: Annotated[str | None, typer.Option(help="vllm (default) or hf (transformers reference).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print projected size and file count only.")] = False,
+    num_shards: Annotated[
+        int | None, typer.Option(help="Split samples across N machines (default: $WORLD_SIZE, $SLURM_NTASKS or 1).")
+    ] = None,
+    shard_index: Annotated[
+        int | None, typer.Option(help="This machine's part, 0..N-1 (default: $RANK, $SLURM_PROCID or 0).")
+    ] = None,
 ) -> None:
     """Run the target over regenerated conversations and store aux + last-layer hidden states."""
     from dspark_data.capture import CaptureConfigError
     from dspark_data.capture import dump_hidden as run_dump
     from dspark_data.capture.spool import SpoolError
+    from dspark_data.prompts.select import shard_from_env
     from dspark_data.store import StoreError
 
     sets = list(set_ or []) + ([f"capture.backend={backend}"] if backend is not None else [])
     cfg = resolve_recipe(recipe, sets, seed)
     out_dir = stage_dir(cfg, "hidden", out)
     try:
-        summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console)
+        parts, index = shard_from_env(num_shards, shard_index)
+        summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console,
+                           num_shards=parts, shard_index=index)
     except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights
         fail(str(exc))
     if dry_run:
@@ -40,5 +49,5 @@ def dump_hidden(
     console.print(
         f"dump-hidden: {summary['samples']} samples, {summary['tokens']:,} tokens, "
         f"{summary['bytes_per_token']:,.0f} B/token ({summary['codec']}, {summary['compression_ratio']:.2f}x)"
-        f"{errors} — {state} -> {out_dir}"
+        f"{errors} — {state} -> {summary['out_dir']}"
     )

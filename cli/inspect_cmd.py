@@ -31,7 +31,7 @@ def _size(n: int | None) -> str:
 
 
 def _merge_check(directory: Path, json_: bool) -> None:
-    """A parent of `part-*-of-*` folders (regen --num-shards N): check the parts form one dataset."""
+    """A parent of `part-*-of-*` folders (regen or dump-hidden --num-shards N): check the parts form one dataset."""
     report = merge_check(find_parts(directory))
     if json_:
         typer.echo(json.dumps(report.to_dict(), indent=1))
@@ -96,7 +96,25 @@ def inspect(directory: DirArg, json_: JsonOpt = False) -> None:
 
 
 def verify(directory: DirArg, json_: JsonOpt = False) -> None:
-    """Recompute every checksum; report the shard and sample of any mismatch; exit non-zero on failure."""
+    """Recompute every checksum; report the shard and sample of any mismatch; exit non-zero on failure.
+
+    On a parent of `part-*-of-*` folders: every part is verified, then the parts are merge-checked."""
+    parts = find_parts(directory)
+    if not parts:
+        if not _verify_one(directory, json_):
+            raise typer.Exit(1)
+        return
+    ok = all([_verify_one(part, json_) for part in parts])  # every part reported, even after a failure
+    try:
+        _merge_check(directory, json_)
+    except typer.Exit:
+        ok = False
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _verify_one(directory: Path, json_: bool) -> bool:
+    """Verify one dataset directory and print its report; True when it passed."""
     report = verify_dataset(directory)
     if json_:
         typer.echo(json.dumps(report.to_dict(), indent=1))
@@ -117,5 +135,4 @@ def verify(directory: DirArg, json_: JsonOpt = False) -> None:
             f"{status}: {report.shards_checked} shards, {report.samples_checked:,} samples, "
             f"{_size(report.bytes_checked)} checked"
         )
-    if not report.ok:
-        raise typer.Exit(1)
+    return report.ok

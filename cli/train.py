@@ -59,9 +59,19 @@ def train(
         list[str] | None,
         typer.Option("--skip-samples", help="Leave out sample ids ID[,ID...] (damaged ones `dspark verify` names)."),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the per-GPU memory plan (for --nproc-per-node GPUs); no training.")
+    ] = False,
+    gpu_memory: Annotated[
+        str | None, typer.Option(help="With --dry-run: device memory, e.g. 141GB; prints fit and largest sizes.")
+    ] = None,
 ) -> None:
     """Train the DSpark draft (DFlash backbone + Markov head + confidence head)."""
     resolved = resolve_recipe(recipe, set_, seed)
+    if dry_run:
+        from cli.dry_run import print_memory_plan
+
+        raise typer.Exit(print_memory_plan(resolved, nproc_per_node, gpu_memory))
     from dspark_train.data.stream_source import StreamError, stream_overrides
 
     try:  # --stream: data is the regen dataset, samples come from the gateways (docs/streaming.md)

@@ -22,7 +22,9 @@ def vocab(
     r = resolve_recipe(recipe, set_)
     if data is None:
         hidden = stage_dir(r, "hidden")
-        data = hidden if (hidden / "manifest.json").is_file() else stage_dir(r, "regen")
+        from dspark_data.store.parts import is_parts_parent
+
+        data = hidden if (hidden / "manifest.json").is_file() or is_parts_parent(hidden) else stage_dir(r, "regen")
     out_dir = stage_dir(r, "vocab", out)
     target_vocab: int | None = None
     try:

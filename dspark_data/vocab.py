@@ -31,7 +31,7 @@ from safetensors.torch import save as save_safetensors
 
 from dspark_data.store.files import atomic_write_bytes
 from dspark_data.store.manifest import StoreError, utc_now
-from dspark_data.store.reader import open_dataset
+from dspark_data.store.parts import open_any
 from schemas.base import fingerprint as fingerprint_of
 from schemas.store import VocabManifest
 
@@ -59,7 +59,7 @@ def count_tokens(
     data_dir: str | Path, *, ids_column: str = "input_ids", mask_column: str = "loss_mask", minlength: int = 0
 ) -> tuple[np.ndarray, int]:
     """Loss-masked token counts (int64 [max(minlength, max id + 1)]) and the number of samples counted."""
-    ds = open_dataset(data_dir, require_complete=True)
+    ds = open_any(data_dir, require_complete=True)
     counts = np.zeros(minlength, dtype=np.int64)
     for table in ds.iter_columns([ids_column, mask_column]):
         ids = _flat(table.column(ids_column)).astype(np.int64, copy=False)
@@ -113,7 +113,7 @@ def build_vocab(
     """
     start = time.monotonic()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    ds = open_dataset(data_dir, require_complete=True)
+    ds = open_any(data_dir, require_complete=True)
     m = ds.manifest
     fp = {
         "data_kind": m.kind,

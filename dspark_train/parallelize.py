@@ -1,6 +1,7 @@
 """Distributed setup and the one place parallelism is applied to the (single-device) draft model.
 
-`init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); without it the run is
+`init_distributed()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK; or srun's, see
+launch_env.py); without it the run is
 a world of one and no process group is created, so `python -m dspark_train` and tests need no launcher.
 Backend: NCCL when CUDA is available, else gloo (CPU, tests).
 
@@ -21,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dspark_train.launch_env import apply_slurm_env
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -39,7 +42,8 @@ class DistInfo:
 
 
 def init_distributed(device: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
-    """Start the process group when launched by torchrun (idempotent); pick this rank's device."""
+    """Start the process group when launched by torchrun or srun (idempotent); pick this rank's device."""
+    apply_slurm_env()  # srun-started tasks: RANK/WORLD_SIZE/... from SLURM_PROCID/SLURM_NTASKS/... (launch_env.py)
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -30,11 +30,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dspark_data.capture.backend import EngineOptions, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
+from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_indices, part_fingerprint
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
 from dspark_data.capture.vllm_limits import check_in_process_layout
-from dspark_data.store import HiddenStateWriter, open_dataset
+from dspark_data.store import HiddenStateWriter
 from dspark_data.store.files import atomic_write_bytes
+from dspark_data.store.parts import open_any
 from schemas.recipe import Recipe
 
 SUMMARY_NAME = "summary.json"
@@ -58,8 +60,13 @@ def dump_hidden(
     dry_run: bool = False,
     *,
     console: Console | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> dict[str, Any]:
-    """Capture hidden states for the regen dataset at `data_dir` into `out_dir`; returns the summary."""
+    """Capture hidden states for the regen dataset at `data_dir` into `out_dir`; returns the summary.
+
+    `num_shards > 1`: capture only the samples of part `shard_index` into `out_dir/part-i-of-N/`
+    (capture/parts.py). `data_dir` may be a parent of regen parts (read as one dataset)."""
     console = console or Console(stderr=True)
     backend_name = backend or recipe.capture.backend
     if dry_run:
@@ -69,7 +76,7 @@ def dump_hidden(
 
     if backend_name == "vllm":  # before resolving (downloading) the target
         check_in_process_layout(recipe.target.data_parallel_size)
-    regen = open_dataset(data_dir, require_complete=True)  # cheap checks first: building a tiny target is not
+    regen = open_any(data_dir, require_complete=True)  # cheap checks first: building a tiny target is not
     if regen.manifest.kind != "regen":
         raise CaptureConfigError(
             f"--data {data_dir} is a {regen.manifest.kind!r} dataset, not a regen dataset: pass the output of "
@@ -80,6 +87,8 @@ def dump_hidden(
     capture = recipe.capture
     plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
     selected = list(range(len(regen)))[:limit] if limit is not None else list(range(len(regen)))
+    selected = owned_indices(regen.ids, selected, num_shards, shard_index)
+    out_dir = capture_part_dir(out_dir, num_shards, shard_index)
 
     started = time.monotonic()
     writer = HiddenStateWriter(
@@ -92,8 +101,10 @@ def dump_hidden(
         seq_len=recipe.seq_len,
         regen_fingerprint=regen.manifest.fingerprint_hash,
         zstd_level=capture.zstd_level,
-        extra_fingerprint={"backend": backend_name, "engine_dtype": recipe.target.dtype},
-        producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump()},
+        extra_fingerprint={"backend": backend_name, "engine_dtype": recipe.target.dtype,
+                           **part_fingerprint(num_shards, shard_index)},
+        producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump(),
+                         **assigned_record([regen.ids[i] for i in selected])},
         shard_bytes=capture.shard_bytes,
     )
     with writer:
@@ -124,6 +135,7 @@ def dump_hidden(
         manifest = writer.close()
 
     summary = _summary(manifest, plan, backend_name, cached, time.monotonic() - started, stats)
+    summary["out_dir"] = str(out_dir)
     atomic_write_bytes(out_dir / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
     if cached:
         console.print(f"dump-hidden: {out_dir} is complete with the same settings; cached")

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_data.capture.layers import GLM5_HIDDEN_SIZE, GLM5_NUM_HIDDEN_LAYERS, LayerPlan, plan_layers
-from dspark_data.store import CODECS, SizeProjection, open_dataset, project_size
+from dspark_data.store import CODECS, SizeProjection, project_size
+from dspark_data.store.parts import is_parts_parent, open_any
 from schemas.recipe import Recipe
 
 # Published shapes used only when a hub target's config.json is not cached locally (dry runs offline).
@@ -47,8 +48,8 @@ def target_shape(model: str) -> tuple[int, int, str]:
 
 def estimate_tokens(recipe: Recipe, data_dir: Path, limit: int | None) -> TokenEstimate:
     """Tokens the capture will store: exact from the regen dataset, else num_prompts x seq_len."""
-    if (data_dir / "manifest.json").is_file():
-        lengths = open_dataset(data_dir).lengths
+    if (data_dir / "manifest.json").is_file() or is_parts_parent(data_dir):
+        lengths = open_any(data_dir).lengths  # one regen dataset, or a parent of regen parts
         if limit is not None:
             lengths = lengths[:limit]
         return TokenEstimate(len(lengths), int(lengths.clip(max=recipe.seq_len).sum()), exact=True)

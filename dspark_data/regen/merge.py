@@ -1,5 +1,8 @@
 """Check that the parts written by N machines (`--num-shards N --shard-index i`) form one dataset.
 
+Regen parts and hidden-state parts (`dump-hidden --num-shards N`) alike: both record `num_shards`,
+`shard_index` and the assigned ids' count and digest.
+
 `merge_check(dirs)` proves, from the part directories alone (no access to the prompt source):
 - every part is a complete regen dataset, all made with the same settings apart from the part index;
 - the part indices are exactly 0..N-1, each once;
@@ -20,7 +23,9 @@ from typing import Any
 import pyarrow as pa
 
 from dspark_data.store import load_manifest
+from dspark_data.store.hidden import KIND_HIDDEN as HIDDEN_KIND
 from dspark_data.store.manifest import StoreError
+from dspark_data.store.parts import find_part_dirs
 from schemas.regen import REGEN_KIND
 
 
@@ -49,8 +54,8 @@ class MergeReport:
 
 
 def find_parts(directory: str | Path) -> list[Path]:
-    """The `part-*` folders of a multi-machine regen output, sorted."""
-    return sorted(p for p in Path(directory).glob("part-*-of-*") if p.is_dir())
+    """The `part-*` folders of a multi-machine regen or capture output, sorted."""
+    return find_part_dirs(directory)
 
 
 def committed_ids(directory: Path) -> tuple[list[str], list[str]]:
@@ -77,6 +82,7 @@ def merge_check(dirs: list[str | Path]) -> MergeReport:
     report.parts = len(paths)
     owner: dict[str, str] = {}
     reference: dict[str, Any] | None = None
+    kind: str | None = None
     indices: list[int] = []
     for path in paths:
         try:
@@ -84,9 +90,10 @@ def merge_check(dirs: list[str | Path]) -> MergeReport:
         except StoreError as exc:
             report.fail(str(exc))
             continue
-        if manifest.kind != REGEN_KIND:
-            report.fail(f"{path}: kind {manifest.kind!r}, not a regen dataset")
+        if manifest.kind not in (REGEN_KIND, HIDDEN_KIND) or manifest.kind != (kind or manifest.kind):
+            report.fail(f"{path}: kind {manifest.kind!r}, not a {kind or 'regen or hidden-state'} dataset")
             continue
+        kind = manifest.kind
         if not manifest.complete:
             report.fail(f"{path}: not complete (rerun the same command on that machine to finish it)")
         fp = dict(manifest.fingerprint)

@@ -118,7 +118,7 @@ def open_source(
     record_dir: Path | None = None,
     checks: list[Any] | None = None,
 ) -> HiddenSource:
-    """Open a hidden-state dataset directory written by `dspark dump-hidden`.
+    """Open a hidden-state dataset directory written by `dspark dump-hidden` (or a parent of its parts).
 
     `verify`: first re-hash every sample (`dspark verify`) and refuse a corrupt dataset unless its damaged
     samples are all in `skip` (`data/integrity.py`); `record_dir`: where a passed check may be remembered
@@ -127,17 +127,24 @@ def open_source(
     out of training.
     """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
+    from dspark_data.store.parts import find_part_dirs, is_parts_parent, open_hidden_any
     from dspark_data.stream.cache import cache_parts, is_cache, open_cache
 
     cache = is_cache(Path(path))  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
+    parts = not cache and is_parts_parent(path)  # `dump-hidden --num-shards N` output: part-i-of-N/ folders
+    if parts:
+        dataset = open_hidden_any(Path(path))  # merge-checked before the (costly) integrity pass
     if verify:
         from dspark_train.data.integrity import check_integrity
 
-        for directory in cache_parts(Path(path)) if cache else [Path(path)]:
+        dirs = cache_parts(Path(path)) if cache else find_part_dirs(path) if parts else [Path(path)]
+        for directory in dirs:
             done = check_integrity(directory, skip, record_dir=record_dir)
             if checks is not None:
                 checks.append(done)
-    return StoreSource(open_cache(Path(path)) if cache else open_hidden(Path(path)), skip=skip)
+    if not parts:
+        dataset = open_cache(Path(path)) if cache else open_hidden(Path(path))
+    return StoreSource(dataset, skip=skip)
 
 
 class SyntheticHiddenSource(IndexedSource):
