@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
 from dspark_data.store import StoreError
 from dspark_data.vocab import build_vocab
 
@@ -20,9 +20,7 @@ def vocab(
 ) -> None:
     """Count loss-masked tokens, keep the top N (ties by lower id), write d2t/t2d."""
     r = resolve_recipe(recipe, set_)
-    if data is None:
-        hidden = stage_dir(r, "hidden")
-        data = hidden if (hidden / "manifest.json").is_file() else stage_dir(r, "regen")
+    data = need(data, "--data", "the hidden-state (or regen) dataset to count")
     out_dir = stage_dir(r, "vocab", out)
     target_vocab: int | None = None
     try:

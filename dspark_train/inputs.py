@@ -74,7 +74,12 @@ def load_inputs(
             "--skip-samples leaves damaged samples of a stored hidden-state dataset out of training; with "
             f"{'--stream' if stream is not None else '--synthetic'} no stored samples are read: drop --skip-samples"
         )
-    if synthetic is None and (data_dir is None or not Path(data_dir).is_dir()):
+    if synthetic is None and data_dir is None:
+        raise FileNotFoundError(
+            "no hidden-state data given: pass --data DIR (the directory `dspark dump-hidden` wrote; with --stream "
+            "the regen dataset)"
+        )
+    if synthetic is None and not Path(data_dir).is_dir():
         raise FileNotFoundError(
             f"hidden-state data {data_dir} not found: run `dspark dump-hidden` first or pass --data DIR"
         )
