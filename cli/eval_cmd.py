@@ -57,6 +57,7 @@ def eval_(
             draft_dir = need(draft, "--draft", "the exported draft (`dspark export --out`)")
             opts = EvalOptions(
                 draft_dir=draft_dir, out_dir=out_dir, target=target,
+                target_revision=r.target.revision if target else None,
                 num_speculative_tokens=num_speculative_tokens, dtype=dtype or r.target.dtype, seed=r.seed,
                 num_threads=threads, **common,
             )

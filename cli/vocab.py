@@ -26,7 +26,7 @@ def vocab(
     try:
         from dspark_data.targets import load_target_info
 
-        target_vocab = load_target_info(r.target.model).vocab_size
+        target_vocab = load_target_info(r.target.model, r.target.revision).vocab_size
     except Exception as exc:  # noqa: BLE001 - any failure: fall back to the ids seen, loudly
         console.print(f"[yellow]warning:[/yellow] target vocab size unknown ({exc}); t2d sized by the largest id seen")
     try:

@@ -51,6 +51,7 @@ class EvalOptions:
     max_new_tokens: int = 256
     num_speculative_tokens: int | None = None  # default: the export's proposal method
     target: str | None = None  # default: the export's verifier
+    target_revision: str | None = None  # default: the export's verifier.revision (with --target: the recipe's)
     dtype: str = "bfloat16"
     draft_sampling: str = "probabilistic"
     seed: int = 0
@@ -66,11 +67,11 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     return [int(t) for t in out]
 
 
-def eos_ids(path: str, tokenizer: Any) -> set[int]:
+def eos_ids(path: str, tokenizer: Any, revision: str | None = None) -> set[int]:
     """Stop tokens vLLM uses: generation_config's eos ids plus the tokenizer's eos."""
     ids: set[int] = set()
     try:
-        gen = GenerationConfig.from_pretrained(path)
+        gen = GenerationConfig.from_pretrained(path, revision=revision)
         eos = gen.eos_token_id
         ids.update([eos] if isinstance(eos, int) else list(eos or []))
     except OSError:
@@ -109,7 +110,7 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
         old = json.loads(previous.read_text())
         if old.get("fingerprint") == fp:
             return {**old, "cached": True}
-    loaded = load_export(opts.draft_dir, target=opts.target)
+    loaded = load_export(opts.draft_dir, target=opts.target, revision=opts.target_revision)
     threads = opts.num_threads
     if threads is None and loaded.config.hidden_size <= TINY_HIDDEN:
         threads = 1  # matmuls this small gain nothing from intra-op threads, and spinning threads thrash a busy CPU
@@ -122,10 +123,10 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
 
 def _evaluate(opts: EvalOptions, loaded: LoadedDraft) -> dict[str, Any]:
     k = opts.num_speculative_tokens or loaded.num_speculative_tokens
-    target_path = opts.target or loaded.verifier
-    target = HfTarget(target_path, loaded.aux_layer_ids, dtype=opts.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(target_path)
-    stops = eos_ids(target_path, tokenizer)
+    target_path, revision = opts.target or loaded.verifier, loaded.verifier_revision
+    target = HfTarget(target_path, loaded.aux_layer_ids, dtype=opts.dtype, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(target_path, revision=revision)
+    stops = eos_ids(target_path, tokenizer, revision)
     results: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"cached": False, "draft": str(opts.draft_dir), "format": loaded.fmt,
                                "num_speculative_tokens": k, "max_new_tokens": opts.max_new_tokens}
