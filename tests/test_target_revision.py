@@ -171,7 +171,9 @@ def test_vllm_capture_loads_the_revision(offline, regen, tmp_path, monkeypatch) 
     recipe = tiny_recipe(REPO_ID, "capture.backend=vllm", "target.dtype=float32", "seq_len=96",
                          f"target.revision={SHA_B}", "target.max_model_len=112", "capture.batch_size=4")
     dump_hidden(recipe, regen, tmp_path / "vllm-b")
-    assert seen == {"model": REPO_ID, "revision": SHA_B, "max_model_len": 114}
+    # vLLM resolved the hub id to revision B's snapshot of the offline cache
+    assert seen["model"].endswith(f"models--dspark-test--tiny-rev/snapshots/{SHA_B}"), seen
+    assert (seen["revision"], seen["max_model_len"]) == (SHA_B, 114)  # max_model_len + 2 (capture's slots)
     ref_b = HfCapture(offline["b"], _plan(offline["b"]), EngineOptions(dtype="float32"))
     ref_a = HfCapture(offline["a"], _plan(offline["a"]), EngineOptions(dtype="float32"))
     for sample in _stored(tmp_path / "vllm-b").values():
