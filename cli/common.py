@@ -1,7 +1,9 @@
 """Options shared by every command, recipe resolution, and the default run layout.
 
-Default layout: `runs/<recipe name>/<stage>/`, so each stage finds the previous one's output
-without flags, and `--out` / `--data` point elsewhere when needed.
+Default OUTPUT layout: `runs/<recipe name>/<stage>/` under the working directory (`--out` points elsewhere).
+Inputs have no such default: a stage reads only what it is given (`--data`, `--checkpoint`, `--draft`) or what
+that input records or has beside it, never the working directory's `runs/`, so a folder left behind by an
+earlier run (e.g. `make demo`) cannot change what a command does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ SetOpt = Annotated[
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory (default runs/<recipe>/<stage>).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Run seed (overrides the recipe's).")]
 DataOpt = Annotated[
-    Path | None, typer.Option("--data", "-d", help="Input dataset directory (default: previous stage).")
+    Path | None, typer.Option("--data", "-d", help="Input dataset directory (required: the previous stage's --out).")
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Process at most N samples.")]
 
@@ -42,9 +44,16 @@ def resolve_recipe(recipe: str, sets: list[str] | None, seed: int | None = None)
 
 
 def stage_dir(recipe: Recipe, stage: str, override: Path | None = None) -> Path:
-    """Where a stage reads or writes by default: runs/<recipe>/<stage>."""
+    """Where a stage WRITES by default: runs/<recipe>/<stage>. Never used to find a stage's input."""
     assert stage in STAGES, stage
     return override if override is not None else Path("runs") / recipe.name / stage
+
+
+def need(value: Path | None, flag: str, what: str) -> Path:
+    """An input flag's value, or exit 2 naming the flag: inputs are never looked up in the working directory."""
+    if value is None:
+        fail(f"pass {flag} DIR: {what} (inputs are not looked up in the working directory)", code=2)
+    return value
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

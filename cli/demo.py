@@ -19,16 +19,23 @@ from cli.common import RecipeOpt, SeedOpt, SetOpt, console, resolve_recipe, stag
 
 NOT_BUILT_EXIT = 3
 
-# (label, CLI words, stage directory whose summary.json holds the stage's figures)
-PIPELINE: list[tuple[str, list[str], str]] = [
-    ("regen", ["regen"], "regen"),
-    ("dump-hidden", ["dump-hidden"], "hidden"),
-    ("vocab", ["vocab"], "vocab"),
-    ("train", ["train"], "train"),
-    ("export", ["export"], "export"),
-    ("eval", ["eval"], "eval"),
-    ("report", ["report"], "report"),
+# (label, CLI words, stage directory whose summary.json holds the stage's figures, input flags: flag -> stage dir).
+# The demo names every input and output explicitly: no stage looks anything up in the working directory.
+PIPELINE: list[tuple[str, list[str], str, dict[str, str]]] = [
+    ("regen", ["regen"], "regen", {}),
+    ("dump-hidden", ["dump-hidden"], "hidden", {"--data": "regen"}),
+    ("vocab", ["vocab"], "vocab", {"--data": "hidden"}),
+    ("train", ["train"], "train", {"--data": "hidden", "--vocab": "vocab"}),
+    ("export", ["export"], "export", {"--checkpoint": "train"}),
+    ("eval", ["eval"], "eval", {"--draft": "export"}),
+    ("report", ["report"], "report", {}),
 ]
+
+
+def stage_argv(run_root: Path, words: list[str], directory: str, inputs: dict[str, str]) -> list[str]:
+    """One stage's words with its inputs and output named under `run_root`."""
+    argv = [*words, "--out", str(run_root / directory)]
+    return argv + [a for flag, stage in inputs.items() for a in (flag, str(run_root / stage))]
 
 
 def _summary(directory: Path) -> dict:
@@ -47,7 +54,7 @@ def demo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, seed: SeedOpt = None) 
     run_root = stage_dir(resolved, "regen").parent
     statuses: list[tuple[str, str, float]] = []
     failed = False
-    for label, words, directory in PIPELINE:
+    for label, words, directory, inputs in PIPELINE:
         console.rule(f"[bold]{label}")
         if words[0] == "report":
             start = time.perf_counter()
@@ -55,7 +62,8 @@ def demo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, seed: SeedOpt = None) 
             seconds = time.perf_counter() - start
         else:
             start = time.perf_counter()
-            code = subprocess.run([sys.executable, "-m", "cli", *words, *common], check=False).returncode
+            argv = stage_argv(run_root, words, directory, inputs)
+            code = subprocess.run([sys.executable, "-m", "cli", *argv, *common], check=False).returncode
             seconds = time.perf_counter() - start
         summary = _summary(run_root / directory)
         if code == 0:
@@ -106,7 +114,7 @@ def _print_summary(run_root: Path, statuses: list[tuple[str, str, float]]) -> No
     for label, status, seconds in statuses:
         stages.add_row(label, status, f"{seconds:.1f}")
     console.print(stages)
-    summaries = {directory: _summary(run_root / directory) for _, _, directory in PIPELINE}
+    summaries = {directory: _summary(run_root / directory) for _, _, directory, _ in PIPELINE}
     figures = Table(title="summary")
     figures.add_column("figure")
     figures.add_column("value", justify="right")

@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DataOpt, LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import (
+    DataOpt,
+    LimitOpt,
+    OutOpt,
+    RecipeOpt,
+    SeedOpt,
+    SetOpt,
+    console,
+    fail,
+    need,
+    resolve_recipe,
+    stage_dir,
+)
 
 
 def dump_hidden(
@@ -35,10 +47,11 @@ def dump_hidden(
 
     sets = list(set_ or []) + ([f"capture.backend={backend}"] if backend is not None else [])
     cfg = resolve_recipe(recipe, sets, seed)
+    regen_dir = need(data, "--data", "the regen dataset (`dspark regen --out`)")
     out_dir = stage_dir(cfg, "hidden", out)
     try:
         parts, index = shard_from_env(num_shards, shard_index)
-        summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console,
+        summary = run_dump(cfg, regen_dir, out_dir, limit=limit, dry_run=dry_run, console=console,
                            num_shards=parts, shard_index=index)
     except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights
         fail(str(exc))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
 
 
 def eval_(
@@ -15,7 +15,9 @@ def eval_(
     set_: SetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,
-    draft: Annotated[Path | None, typer.Option(help="Exported draft dir (default: runs/<recipe>/export).")] = None,
+    draft: Annotated[
+        Path | None, typer.Option(help="Exported draft dir (`dspark export --out`; required offline).")
+    ] = None,
     server: Annotated[str | None, typer.Option(help="Measure a running vLLM server at this URL instead.")] = None,
     prompts: Annotated[list[str] | None, typer.Option(help="Prompt set(s): code, math, or a path.")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="greedy and/or sampled (default: both).")] = None,
@@ -47,15 +49,20 @@ def eval_(
                                                 **common))
             where = out_dir / "vllm"
         else:
-            if e.backend != "hf" and target is None:
-                console.print(f"[yellow]note:[/yellow] recipe eval.backend={e.backend!r}: offline eval runs the "
-                              "target with transformers; for large targets measure a server with --server URL")
             from dspark_train.eval.offline import EvalOptions, run_offline_eval
 
+            factory = None
+            if e.backend == "vllm":  # the target in vLLM, the draft in torch; dspark_train never imports vLLM
+                from dspark_data.capture.eval_target import vllm_target_factory
+
+                factory = vllm_target_factory(r, common["max_new_tokens"])
+
+            draft_dir = need(draft, "--draft", "the exported draft (`dspark export --out`)")
             opts = EvalOptions(
-                draft_dir=draft or stage_dir(r, "export"), out_dir=out_dir, target=target,
+                draft_dir=draft_dir, out_dir=out_dir, target=target,
+                target_revision=r.target.revision if target else None,
                 num_speculative_tokens=num_speculative_tokens, dtype=dtype or r.target.dtype, seed=r.seed,
-                num_threads=threads, **common,
+                num_threads=threads, backend=e.backend, target_factory=factory, **common,
             )
             summary = run_offline_eval(opts)
             where = out_dir

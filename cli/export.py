@@ -7,14 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cli.common import OutOpt, RecipeOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import OutOpt, RecipeOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
 
 
 def export(
     recipe: RecipeOpt = "tiny",
     set_: SetOpt = None,
     out: OutOpt = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Training checkpoint dir (default: latest).")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Train dir (its latest checkpoint) or one step dir (required).")
+    ] = None,
     format_: Annotated[str, typer.Option("--format", help="dspark (default) or dflash (backbone only).")] = "dspark",
     num_speculative_tokens: Annotated[
         int | None, typer.Option(help="speculative_tokens written for vLLM (default: recipe eval value).")
@@ -28,7 +30,7 @@ def export(
     from dspark_train.export import export_draft
 
     r = resolve_recipe(recipe, set_)
-    source = checkpoint or stage_dir(r, "train")
+    source = need(checkpoint, "--checkpoint", "the train directory (`dspark train --out`) or one of its steps")
     out_dir = stage_dir(r, "export", out)
     try:
         summary = export_draft(

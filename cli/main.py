@@ -13,6 +13,7 @@ from cli.inspect_cmd import inspect, verify
 from cli.regen import regen
 from cli.report import report
 from cli.serve_target import serve_target
+from cli.train import CONTEXT_SETTINGS as TRAIN_CONTEXT
 from cli.train import train
 from cli.vocab import vocab
 
@@ -25,7 +26,7 @@ app = typer.Typer(
 app.command("regen")(regen)
 app.command("dump-hidden")(dump_hidden)
 app.command("vocab")(vocab)
-app.command("train")(train)
+app.command("train", context_settings=TRAIN_CONTEXT, add_help_option=False)(train)
 app.command("export")(export)
 app.command("eval")(eval_)
 app.command("inspect")(inspect)

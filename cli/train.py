@@ -1,107 +1,21 @@
 """`dspark train`: the DSpark trainer over cached shards or a live stream (issues #5, #7).
 
-One process trains in-process (`dspark_train.train.run`); `--nproc-per-node N` re-launches the same
-command under torchrun (DDP; gloo on CPU, NCCL on GPU). Multi-node: run
-`torchrun ... -m dspark_train` on every node (docs/training.md).
+Thin on purpose: the arguments go unchanged to `dspark_train.train.main`, the same entry point as
+`python -m dspark_train` and every torchrun rank, so both commands parse one flag table
+(`dspark_train/flags.py`) and cannot drift. `--nproc-per-node N` re-launches the same arguments under torchrun
+(DDP; gloo on CPU, NCCL on GPU). Multi-node: run `torchrun ... -m dspark_train` on every node (docs/training.md).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from cli.common import DataOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe
+# Typer must pass every argument (and --help) through untouched: the flags live in dspark_train/flags.py.
+CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-def _torchrun_argv(
-    nproc: int, recipe: str, sets: list[str], seed: int | None, out, data, max_steps, resume: bool
-) -> list[str]:
-    """The same command, as `torchrun --standalone --nproc-per-node N -m dspark_train ...`."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    argv += ["-m", "dspark_train", "--recipe", recipe]
-    for item in sets:
-        argv += ["--set", item]
-    for flag, value in (("--seed", seed), ("--out", out), ("--data", data), ("--max-steps", max_steps)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv + (["--resume"] if resume else [])
+def train(ctx: typer.Context) -> None:
+    """Train the DSpark draft (DFlash backbone + Markov head + confidence head); `dspark train --help` for flags."""
+    from dspark_train.train import main
 
-
-def _stream_argv(stream: bool, endpoints: list[str], cache_dir: Path | None) -> list[str]:
-    """The --stream flags of `python -m dspark_train` (the token travels in the environment)."""
-    if not stream:
-        return []
-    argv = ["--stream"] + [a for url in endpoints for a in ("--endpoint", url)]
-    return argv + (["--cache-dir", str(cache_dir)] if cache_dir is not None else [])
-
-
-def train(
-    recipe: RecipeOpt = "tiny",
-    set_: SetOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    data: DataOpt = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
-    nproc_per_node: Annotated[int, typer.Option(help="Launch torchrun with this many processes.")] = 1,
-    stream: Annotated[bool, typer.Option("--stream", help="Train on hidden states streamed from vLLM.")] = False,
-    endpoint: Annotated[
-        list[str] | None, typer.Option(help="With --stream: `dspark serve-target` URL (repeatable).")
-    ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="With --stream: tee samples into this cache (hybrid).")] = None,
-    token: Annotated[str | None, typer.Option(help="With --stream: token (prefer $DSPARK_STREAM_TOKEN).")] = None,
-    skip_samples: Annotated[
-        list[str] | None,
-        typer.Option("--skip-samples", help="Leave out sample ids ID[,ID...] (damaged ones `dspark verify` names)."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the per-GPU memory plan (for --nproc-per-node GPUs); no training.")
-    ] = False,
-    gpu_memory: Annotated[
-        str | None, typer.Option(help="With --dry-run: device memory, e.g. 141GB; prints fit and largest sizes.")
-    ] = None,
-) -> None:
-    """Train the DSpark draft (DFlash backbone + Markov head + confidence head)."""
-    resolved = resolve_recipe(recipe, set_, seed)
-    if dry_run:
-        from cli.dry_run import print_memory_plan
-
-        raise typer.Exit(print_memory_plan(resolved, nproc_per_node, gpu_memory))
-    from dspark_train.data.stream_source import StreamError, stream_overrides
-
-    try:  # --stream: data is the regen dataset, samples come from the gateways (docs/streaming.md)
-        streaming = stream_overrides(resolved, stream, endpoint or [], cache_dir, data=data, out=out, token=token)
-    except StreamError as exc:
-        fail(str(exc), code=2)
-    if nproc_per_node > 1:
-        argv = _torchrun_argv(nproc_per_node, recipe, set_ or [], seed, out, data, max_steps, resume)
-        argv += _stream_argv(stream, endpoint or [], cache_dir)
-        argv += [a for v in skip_samples or [] for a in ("--skip-samples", v)]
-        env = {**os.environ, "DSPARK_STREAM_TOKEN": token} if token else None  # not in argv: ps shows argv
-        raise typer.Exit(subprocess.run(argv, check=False, env=env).returncode)
-
-    from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
-    from dspark_train.data.checks import DataMismatch
-    from dspark_train.resume import RunConflict
-    from dspark_train.train import default_options, run, split_ids
-
-    opts = default_options(
-        resolved, out_dir=out, data_dir=streaming.pop("data_dir", data), max_steps=max_steps, resume=resume,
-        skip_samples=split_ids(skip_samples), **streaming
-    )
-    try:
-        summary = run(resolved, opts)
-    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError) as exc:
-        fail(str(exc))
-    state = "reused (cached)" if summary.get("cached") else "trained"
-    length = summary.get("val_mean_accepted_length")
-    console.print(
-        f"train {state}: {summary['steps']} steps, {summary['tokens']:,} tokens"
-        + (f", val mean accepted length {length:.3f}" if length is not None else "")
-        + f" -> {opts.out_dir}"
-    )
+    raise typer.Exit(main(list(ctx.args), prog="dspark train"))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
 from dspark_data.store import StoreError
 from dspark_data.vocab import build_vocab
 
@@ -20,17 +20,13 @@ def vocab(
 ) -> None:
     """Count loss-masked tokens, keep the top N (ties by lower id), write d2t/t2d."""
     r = resolve_recipe(recipe, set_)
-    if data is None:
-        hidden = stage_dir(r, "hidden")
-        from dspark_data.store.parts import is_parts_parent
-
-        data = hidden if (hidden / "manifest.json").is_file() or is_parts_parent(hidden) else stage_dir(r, "regen")
+    data = need(data, "--data", "the hidden-state (or regen) dataset to count")
     out_dir = stage_dir(r, "vocab", out)
     target_vocab: int | None = None
     try:
         from dspark_data.targets import load_target_info
 
-        target_vocab = load_target_info(r.target.model).vocab_size
+        target_vocab = load_target_info(r.target.model, r.target.revision).vocab_size
     except Exception as exc:  # noqa: BLE001 - any failure: fall back to the ids seen, loudly
         console.print(f"[yellow]warning:[/yellow] target vocab size unknown ({exc}); t2d sized by the largest id seen")
     try:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dspark_train.ablation", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", "-r", default="tiny")
     p.add_argument("--set", "-s", action="append", default=[], dest="sets")
-    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--data", type=Path, required=True, help="Hidden-state dataset directory.")
     p.add_argument("--vocab", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="Root for both runs (default runs/<recipe>).")
     p.add_argument("--max-steps", type=int, default=None)

@@ -74,12 +74,17 @@ def load_inputs(
             "--skip-samples leaves damaged samples of a stored hidden-state dataset out of training; with "
             f"{'--stream' if stream is not None else '--synthetic'} no stored samples are read: drop --skip-samples"
         )
-    if synthetic is None and (data_dir is None or not Path(data_dir).is_dir()):
+    if synthetic is None and data_dir is None:
+        raise FileNotFoundError(
+            "no hidden-state data given: pass --data DIR (the directory `dspark dump-hidden` wrote; with --stream "
+            "the regen dataset)"
+        )
+    if synthetic is None and not Path(data_dir).is_dir():
         raise FileNotFoundError(
             f"hidden-state data {data_dir} not found: run `dspark dump-hidden` first or pass --data DIR"
         )
     target_dir = resolve_target(recipe.target.model)  # may build a tiny target (cached): after the cheap checks
-    info = load_target_info(target_dir)
+    info = load_target_info(target_dir, recipe.target.revision)
     n_layers = info.num_hidden_layers
     checks: list[Any] = []
     draft_vocab = min(recipe.vocab.draft_vocab_size, info.vocab_size)
@@ -115,7 +120,8 @@ def load_inputs(
     return TrainInputs(target_dir, info, source, slots, vocab, where, checks)
 
 
-def load_head(target_dir: str, device: torch.device) -> TargetHead:
-    """The target's embedding, final norm and lm_head: fp32 on CPU (exact, deterministic), as stored on GPU."""
-    head = load_target_head(target_dir)
+def load_head(target_dir: str, device: torch.device, revision: str | None = None) -> TargetHead:
+    """The target's embedding, final norm and lm_head (at `revision`, the recipe's `target.revision`): fp32 on
+    CPU (exact, deterministic), as stored on GPU."""
+    head = load_target_head(target_dir, revision=revision)
     return head.to(device=device, dtype=torch.float32 if device.type == "cpu" else None)

@@ -1,18 +1,20 @@
 """Entry point of one training process: parse flags, build the trainer, train, tear down.
 
-    python -m dspark_train --recipe tiny --max-steps 50
-    torchrun --nproc-per-node 2 -m dspark_train --recipe tiny        # every rank runs this module
-    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m dspark_train -r R
+    python -m dspark_train --recipe tiny --data runs/tiny/hidden --max-steps 50
+    torchrun --nproc-per-node 2 -m dspark_train --recipe tiny --data D   # every rank runs this module
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m dspark_train -r R -d D
 
-Flags mirror `dspark train` (which calls `run` directly, or launches torchrun for `--nproc-per-node`).
-Defaults follow the run layout: data `runs/<recipe>/hidden`, vocab `runs/<recipe>/vocab/vocab.safetensors`,
-output `runs/<recipe>/train`.
+`dspark train` forwards its arguments here unchanged: both parse `dspark_train.flags.parser()`, so their flags
+cannot drift. `--nproc-per-node N` (N > 1, outside torchrun) re-launches the same arguments under torchrun.
+Inputs are never looked up in the working directory: `--data` names the hidden-state dataset, and the draft
+vocab is `--vocab` or the one `dspark vocab` built from that data beside it (DATA/../vocab). Only the output
+has a default, `runs/<recipe>/train`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,26 +24,45 @@ import torch
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
 from dspark_train.data.checks import DataMismatch
 from dspark_train.data.stream_source import StreamError, stream_overrides
+from dspark_train.flags import parser
 from dspark_train.parallelize import destroy_distributed
 from dspark_train.resume import RunConflict
 from dspark_train.trainer import Trainer, TrainOptions
 from schemas.loading import RecipeError, load_recipe
 from schemas.recipe import Recipe
+from schemas.store import Manifest, VocabManifest
 
 VOCAB_FILE = "vocab.safetensors"
 
 
 def default_options(recipe: Recipe, **overrides: Any) -> TrainOptions:
-    """TrainOptions with the run layout's defaults for every path not given (None)."""
-    root = Path("runs") / recipe.name
-    out = overrides.pop("out_dir", None) or root / "train"
-    data = overrides.pop("data_dir", None) or root / "hidden"
+    """TrainOptions from the entry points' flags: the output defaults to runs/<recipe>/train; the inputs
+    (data, vocab) come only from what was given (the vocab may be found beside the data, `vocab_beside`)."""
+    out = overrides.pop("out_dir", None) or Path("runs") / recipe.name / "train"
+    data = overrides.pop("data_dir", None)
     vocab = overrides.pop("vocab_path", None)
-    if vocab is None and (root / "vocab" / VOCAB_FILE).is_file():
-        vocab = root / "vocab" / VOCAB_FILE
+    if vocab is None and data is not None and overrides.get("synthetic") is None:
+        vocab = vocab_beside(Path(data))
     elif vocab is not None and Path(vocab).is_dir():
         vocab = Path(vocab) / VOCAB_FILE
-    return TrainOptions(out_dir=Path(out), data_dir=Path(data), vocab_path=vocab, **overrides)
+    return TrainOptions(out_dir=Path(out), data_dir=None if data is None else Path(data), vocab_path=vocab,
+                        **overrides)
+
+
+def vocab_beside(data_dir: Path) -> Path | None:
+    """The `vocab.safetensors` of DATA/../vocab when its vocab.json says it was counted from this very
+    dataset (same manifest fingerprint and shard checksums), else None. Why beside and checked: the run layout
+    puts `vocab/` next to `hidden/`, but a vocab of other data (or of nothing) must not be picked up by accident."""
+    vocab_dir = data_dir.parent / "vocab"
+    try:
+        data = Manifest.model_validate_json((data_dir / "manifest.json").read_text())
+        vocab_fp = VocabManifest.model_validate_json((vocab_dir / "vocab.json").read_text()).fingerprint
+    except (OSError, ValueError):
+        return None
+    same = (vocab_fp.get("data_fingerprint") == data.fingerprint_hash
+            and vocab_fp.get("data_shards") == [e.sha256 for e in data.shards])
+    path = vocab_dir / VOCAB_FILE
+    return path if same and path.is_file() else None
 
 
 def run(recipe: Recipe, opts: TrainOptions) -> dict[str, Any]:
@@ -58,46 +79,61 @@ def run(recipe: Recipe, opts: TrainOptions) -> dict[str, Any]:
         destroy_distributed()
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dspark_train", description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", "-r", default="tiny", help="Built-in recipe name or recipe file.")
-    p.add_argument("--set", "-s", action="append", default=[], dest="sets", help="Override: key.path=value.")
-    p.add_argument("--seed", type=int, default=None, help="Run seed (overrides the recipe's).")
-    p.add_argument("--out", "-o", type=Path, default=None, help="Train directory (default runs/<recipe>/train).")
-    p.add_argument("--data", "-d", type=Path, default=None, help="Hidden-state dataset directory.")
-    p.add_argument("--vocab", type=Path, default=None, help="vocab.safetensors or its directory.")
-    p.add_argument("--max-steps", type=int, default=None, help="Stop after N optimizer steps.")
-    p.add_argument("--resume", action="store_true", help="Continue the checkpoint in --out even if settings changed.")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
-    p.add_argument("--attention", choices=["sdpa", "flex"], default=None, help="Attention kernel (default by device).")
-    p.add_argument("--synthetic", type=int, default=None, help="Train on N synthetic samples (smoke tests, bench).")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated kill
-    p.add_argument("--no-progress", action="store_true", help="No progress bar (log lines instead).")
-    p.add_argument("--stream", action="store_true", help="Stream states from `dspark serve-target` (--data: regen).")
-    p.add_argument("--endpoint", action="append", default=[], help="With --stream: gateway URL (repeatable).")
-    p.add_argument("--cache-dir", type=Path, default=None, help="With --stream: tee samples into this store cache.")
-    p.add_argument("--skip-samples", action="append", default=[], metavar="ID[,ID...]",
-                   help="Leave these sample ids out (damaged ones named by `dspark verify`); repeatable.")
-    return p
-
-
 def split_ids(values: list[str] | None) -> tuple[str, ...]:
     """`--skip-samples a,b --skip-samples c` -> ("a", "b", "c")."""
     return tuple(x.strip() for v in values or [] for x in v.split(",") if x.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def torchrun_argv(argv: list[str], nproc: int) -> list[str]:
+    """The same arguments under `torchrun --standalone --nproc-per-node N -m dspark_train`; the ranks get
+    `--nproc-per-node 1` (the last value wins) and no `--token` (it travels in the environment: ps shows argv)."""
+    kept: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--token":
+            skip = True
+        elif not a.startswith("--token="):
+            kept.append(a)
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*head, "-m", "dspark_train", *kept, "--nproc-per-node", "1"]
+
+
+def print_memory_plan(recipe: Recipe, world_size: int, gpu_memory: str | None) -> int:
+    """`--dry-run`: plan on fake tensors (no allocation), print the table; returns the exit code."""
+    from dspark_train.memory_plan import format_plan, parse_bytes, plan_for_recipe
+
+    try:
+        memory = parse_bytes(gpu_memory) if gpu_memory is not None else None
+        plan, title = plan_for_recipe(recipe, world_size=world_size, gpu_memory=memory)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_plan(plan, title))
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m dspark_train") -> int:
+    """Parse the shared flags, then train in this process (or launch torchrun for --nproc-per-node N)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser(prog).parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.sets, seed=args.seed)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return print_memory_plan(recipe, args.nproc_per_node, args.gpu_memory)
     try:
-        stream = stream_overrides(recipe, args.stream, args.endpoint, args.cache_dir, data=args.data, out=args.out)
+        stream = stream_overrides(recipe, args.stream, args.endpoint, args.cache_dir, data=args.data, out=args.out,
+                                  token=args.token)
     except StreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        env = {**os.environ, "DSPARK_STREAM_TOKEN": args.token} if args.token else None
+        return subprocess.run(torchrun_argv(argv, args.nproc_per_node), check=False, env=env).returncode
     opts = default_options(
         recipe,
         out_dir=args.out,
@@ -120,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if "steps" in summary and int(os.environ.get("RANK", "0")) == 0:
         state = "reused (cached)" if summary.get("cached") else "trained"
-        print(f"train {state}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {opts.out_dir}",
-              file=sys.stderr)
+        length = summary.get("val_mean_accepted_length")
+        print(f"train {state}: {summary['steps']} steps, {summary['tokens']:,} tokens"
+              + (f", val mean accepted length {length:.3f}" if length is not None else "")
+              + f" -> {opts.out_dir}", file=sys.stderr)
     return 0

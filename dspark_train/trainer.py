@@ -153,7 +153,7 @@ class Trainer:
             self.draft_config = DraftConfig.from_dict(state["draft_config"])
         else:
             self.draft_config = DraftConfig.from_recipe(recipe, self.inputs.target_info)
-        head = load_head(self.inputs.target_dir, self.device)
+        head = load_head(self.inputs.target_dir, self.device, recipe.target.revision)
         # Built on CPU (its RNG is the seeded one on every device), then moved.
         self.model = DSparkDraft(self.draft_config, head.embed, head.lm_head, self.inputs.vocab.t2d).to(self.device)
         # Target head for the loss targets: final norm + lm_head only (drop the embedding: the draft has it).

@@ -21,7 +21,11 @@ class TargetConfig(StrictModel):
         description="Target model: a hub id, a local directory, or 'tiny:trained' / 'tiny:random' "
         "for the embedded tiny target built and cached locally.",
     )
-    revision: str | None = Field(None, description="Hub revision (commit or tag) of the target.")
+    revision: str | None = Field(
+        None,
+        description="Hub revision (commit, branch or tag) of the target; every stage loads it (regen, capture, "
+        "serve-target, the trainer's head, eval) and export records it as verifier.revision.",
+    )
     tensor_parallel_size: int = Field(
         1,
         ge=1,
@@ -38,7 +42,12 @@ class TargetConfig(StrictModel):
         False, description="vLLM expert parallel: MoE experts spread over tensor x data parallel ranks."
     )
     dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Target compute dtype.")
-    max_model_len: int | None = Field(None, ge=16, description="vLLM max_model_len (default: seq_len).")
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="vLLM context (default: seq_len): regen's engine; capture and serve-target (must be >= "
+        "seq_len); the vLLM eval engine's prompt budget (plus max_new_tokens).",
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM GPU memory fraction.")
 
 

@@ -29,3 +29,10 @@ def tiny_trained_target() -> str:
     from dspark_data.targets import resolve_target
 
     return resolve_target("tiny:trained")
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(tmp_path, monkeypatch) -> None:
+    """Every test runs with a fresh, empty working directory: a `runs/` folder left in the checkout (by
+    `make demo`) must not be seen by any test, and no test may write into the checkout by default."""
+    monkeypatch.chdir(tmp_path)

@@ -78,3 +78,30 @@ def test_dspark_train_imports_without_vllm() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_stage_inputs_are_never_looked_up_in_the_working_directory(tmp_path, monkeypatch) -> None:
+    """With a full `runs/tiny/` in the working directory (what `make demo` leaves), a stage given no input
+    refuses with exit 2 naming the flag instead of reading it; outputs alone keep their runs/ default."""
+    monkeypatch.chdir(tmp_path)
+    for stage in ("regen", "hidden", "vocab", "train", "export"):
+        (tmp_path / "runs" / "tiny" / stage).mkdir(parents=True)
+        (tmp_path / "runs" / "tiny" / stage / "manifest.json").write_text("{}")
+    for argv, flag in ((["dump-hidden"], "--data"), (["vocab"], "--data"), (["export"], "--checkpoint"),
+                       (["eval", "--mode", "greedy"], "--draft")):
+        result = runner.invoke(app, argv, terminal_width=200)
+        assert result.exit_code == 2 and f"pass {flag}" in result.output, (argv, result.output)
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == [
+        "export", "hidden", "regen", "train", "vocab"]  # nothing was written next to the decoys
+
+
+def test_demo_names_every_input_and_output() -> None:
+    from pathlib import Path
+
+    from cli.demo import PIPELINE, stage_argv
+
+    root = Path("/r")
+    argv = {label: stage_argv(root, words, d, inputs) for label, words, d, inputs in PIPELINE}
+    assert argv["train"] == ["train", "--out", "/r/train", "--data", "/r/hidden", "--vocab", "/r/vocab"]
+    assert argv["dump-hidden"] == ["dump-hidden", "--out", "/r/hidden", "--data", "/r/regen"]
+    assert argv["export"][-2:] == ["--checkpoint", "/r/train"] and argv["eval"][-2:] == ["--draft", "/r/export"]

@@ -149,16 +149,20 @@ def test_unknown_tensor_names_are_refused(checkpoint: Path, tmp_path: Path):
         export_draft(tmp_path / "nothing", tmp_path / "out")
 
 
-def test_cli_export_defaults_to_the_run_layout(checkpoint: Path, tmp_path: Path, monkeypatch):
+def test_cli_export_reads_only_the_checkpoint_it_is_given(checkpoint: Path, tmp_path: Path, monkeypatch):
+    """A runs/tiny/train in the working directory is never picked up: --checkpoint is required; the output
+    default (runs/<recipe>/export) is the documented one."""
     from typer.testing import CliRunner
 
     from cli.main import app
 
     monkeypatch.chdir(tmp_path)
-    train = tmp_path / "runs" / "tiny" / "train"
-    train.parent.mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "train").mkdir(parents=True)  # a decoy: empty, would fail if read
+    missing = CliRunner().invoke(app, ["export", "--format", "dflash"])
+    assert missing.exit_code == 2 and "--checkpoint" in missing.output
+    train = tmp_path / "elsewhere" / "train"
     shutil.copytree(checkpoint.parent.parent, train)
-    result = CliRunner().invoke(app, ["export", "--format", "dflash"])
+    result = CliRunner().invoke(app, ["export", "--format", "dflash", "--checkpoint", str(train)])
     assert result.exit_code == 0, result.output
     assert "export exported: dflash draft, step 5" in result.output
     assert json.loads((tmp_path / "runs/tiny/export/summary.json").read_text())["format"] == "dflash"

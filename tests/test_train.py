@@ -220,23 +220,78 @@ def test_two_process_fsdp2_save_and_resume(data, tmp_path) -> None:
     assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["steps"] == 4
 
 
-def test_cli_train(data, tmp_path) -> None:
+def _vocab_used(train_dir: Path) -> str:
+    ckpt = Checkpointer(train_dir)
+    return ckpt.read_state(ckpt.latest())["vocab_fingerprint"]
+
+
+def test_cli_train_reads_only_what_it_is_given(data, tmp_path, monkeypatch) -> None:
+    """A `runs/` folder in the working directory (as `make demo` leaves one) holding a garbage vocab for the
+    recipe's name is never read: the vocab is --vocab, or the one built from --data beside it."""
+    import hashlib
+    import shutil
+
     from typer.testing import CliRunner
 
     from cli.main import app
 
     runner = CliRunner()
+    base = [f"target.model={data['target']}", *SMALL, "name=tiny"]
+    sets = [x for item in base for x in ("--set", item)]
+    monkeypatch.chdir(tmp_path)
+    for name in ("tiny", "test"):  # decoys where the old code looked: runs/<recipe>/{hidden,vocab}
+        (tmp_path / "runs" / name / "vocab").mkdir(parents=True)
+        (tmp_path / "runs" / name / "vocab" / "vocab.safetensors").write_bytes(b"garbage, not a vocab")
+        (tmp_path / "runs" / name / "hidden").mkdir()
+    no_data = runner.invoke(app, ["train", *sets, "--out", str(tmp_path / "o0"), "--max-steps", "2"])
+    assert no_data.exit_code == 1 and "pass --data" in no_data.output
     missing = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 1 and "dump-hidden" in missing.output
-    # A recipe name with no runs/<name>/vocab: a 256-entry draft vocab cannot be found; the full vocab needs none.
-    base = [f"target.model={data['target']}", *SMALL, "name=test-cli-no-such-run"]
-    sets = [x for item in base for x in ("--set", item)]
-    args = ["train", *sets, "--data", str(data["hidden"]), "--out", str(tmp_path / "o"), "--max-steps", "2"]
-    no_vocab = runner.invoke(app, args)
-    assert no_vocab.exit_code == 1 and "dspark vocab" in no_vocab.output
-    ok = runner.invoke(app, [*args, "--set", "vocab.draft_vocab_size=2048"])
-    assert ok.exit_code == 0, ok.output
-    assert json.loads((tmp_path / "o" / "summary.json").read_text())["steps"] == 2
+    args = ["train", *sets, "--data", str(data["hidden"]), "--max-steps", "2"]
+    beside = runner.invoke(app, [*args, "--out", str(tmp_path / "o1")])  # DATA/../vocab was built from DATA
+    assert beside.exit_code == 0, beside.output
+    digest = hashlib.sha256(data["vocab"].read_bytes()).hexdigest()[:16]
+    assert _vocab_used(tmp_path / "o1") == digest
+    assert json.loads((tmp_path / "o1" / "summary.json").read_text())["steps"] == 2
+    # The same data elsewhere, with no vocab beside it: the 256-entry vocab must be named, as a dir or a file.
+    lone = tmp_path / "lone" / "hidden"
+    shutil.copytree(data["hidden"], lone)
+    lone_args = ["train", *sets, "--data", str(lone), "--max-steps", "2"]
+    no_vocab = runner.invoke(app, [*lone_args, "--out", str(tmp_path / "o2")])
+    assert no_vocab.exit_code == 1 and "--vocab" in no_vocab.output
+    for i, vocab in enumerate((data["vocab"].parent, data["vocab"])):
+        ok = runner.invoke(app, [*lone_args, "--vocab", str(vocab), "--out", str(tmp_path / f"o{3 + i}")])
+        assert ok.exit_code == 0, ok.output
+        assert _vocab_used(tmp_path / f"o{3 + i}") == digest
+    # A vocab beside the data but counted from other data is not taken either.
+    other = tmp_path / "other"
+    shutil.copytree(lone, other / "hidden")
+    build_vocab(_write_hidden(tmp_path / "x" / "hidden", 8, layer_ids=[*AUX, 6], hidden_size=128),
+                other / "vocab", size=256, target_vocab_size=2048)
+    foreign = runner.invoke(app, ["train", *sets, "--data", str(other / "hidden"), "--max-steps", "2",
+                                  "--out", str(tmp_path / "o5")])
+    assert foreign.exit_code == 1 and "--vocab" in foreign.output
+    assert not (tmp_path / "runs" / "tiny" / "train").exists()  # every output went where --out said
+
+
+def test_dspark_train_and_module_share_one_parser() -> None:
+    """`dspark train --help` and `python -m dspark_train --help` list the same flags (one definition)."""
+    import re
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    helps = [subprocess.run([sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True, env=env,
+                            timeout=120, check=True).stdout for cmd in (["cli", "train"], ["dspark_train"])]
+    flags = [set(re.findall(r"--[a-z][a-z-]+", h)) for h in helps]
+    assert flags[0] == flags[1] and {"--vocab", "--data", "--nproc-per-node", "--stream", "--token"} <= flags[0]
+    assert "usage: dspark train" in helps[0] and "usage: python -m dspark_train" in helps[1]
+
+
+def test_torchrun_relaunch_keeps_flags_and_hides_the_token() -> None:
+    from dspark_train.train import torchrun_argv
+
+    argv = torchrun_argv(["--data", "D", "--nproc-per-node", "2", "--token", "s3cret", "--vocab=V"], 2)
+    assert argv[argv.index("-m", 2) + 1] == "dspark_train" and "--nproc-per-node=2" in argv
+    assert "s3cret" not in argv and argv[-2:] == ["--nproc-per-node", "1"] and "--vocab=V" in argv
 
 
 def test_markov_ablation_table(tmp_path) -> None:

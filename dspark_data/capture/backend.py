@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from dspark_data.capture.layers import LayerPlan
+from dspark_data.capture.layers import CaptureConfigError, LayerPlan
+
+if TYPE_CHECKING:
+    from schemas.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class EngineOptions:
     """Engine settings taken from the recipe's `target` section (kept flat so tests can build one)."""
 
     dtype: str = "bfloat16"
+    revision: str | None = None  # hub revision of the target (recipe target.revision); None: the default branch
     max_model_len: int = 4096
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1  # > 1: vllm serve only (vLLM's in-process LLM refuses it)
@@ -57,6 +61,32 @@ class EngineOptions:
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
     batch_size: int = 64  # most requests in flight (vllm; hf runs one sequence per forward)
     in_flight_bytes: int = 4 << 30  # cap on captured-but-unread states (spool + host memory), vllm only
+
+
+def engine_options(recipe: Recipe, **overrides: Any) -> EngineOptions:
+    """The capture engine's settings from the recipe's `target` section; dump-hidden and serve-target share
+    it, so both load the same revision with the same context length.
+
+    `target.max_model_len` (None: seq_len) is the longest conversation the engine takes; conversations are cut
+    at seq_len, so a value below seq_len would reject the longest ones mid-run: refused up front instead.
+    """
+    t = recipe.target
+    if t.max_model_len is not None and t.max_model_len < recipe.seq_len:
+        raise CaptureConfigError(
+            f"target.max_model_len={t.max_model_len} is below seq_len={recipe.seq_len}: capture feeds conversations "
+            "of up to seq_len tokens; raise target.max_model_len or lower seq_len"
+        )
+    fields: dict[str, Any] = {
+        "dtype": t.dtype,
+        "revision": t.revision,
+        "max_model_len": t.max_model_len or recipe.seq_len,
+        "tensor_parallel_size": t.tensor_parallel_size,
+        "data_parallel_size": t.data_parallel_size,
+        "enable_expert_parallel": t.enable_expert_parallel,
+        "gpu_memory_utilization": t.gpu_memory_utilization,
+        "batch_size": recipe.capture.batch_size,
+    }
+    return EngineOptions(**{**fields, **overrides})
 
 
 def open_backend(name: str, model_path: str, plan: LayerPlan, options: EngineOptions) -> CaptureBackend:

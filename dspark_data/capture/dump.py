@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from dspark_data.capture.backend import EngineOptions, open_backend
+from dspark_data.capture.backend import engine_options, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_indices, part_fingerprint
 from dspark_data.capture.projection import print_dry_run
@@ -83,7 +83,8 @@ def dump_hidden(
             "`dspark regen`"
         )
     model_path = resolve_target(recipe.target.model)
-    info = load_target_info(model_path)
+    info = load_target_info(model_path, recipe.target.revision)
+    options = engine_options(recipe)  # refuses a target.max_model_len below seq_len before any engine starts
     capture = recipe.capture
     plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
     selected = list(range(len(regen)))[:limit] if limit is not None else list(range(len(regen)))
@@ -113,15 +114,6 @@ def dump_hidden(
         cached = not todo and writer.complete
         stats: dict[str, float] = {"samples": 0, "tokens": 0, "errors": 0, "capture_seconds": 0.0}
         if todo:
-            options = EngineOptions(
-                dtype=recipe.target.dtype,
-                max_model_len=recipe.seq_len,
-                tensor_parallel_size=recipe.target.tensor_parallel_size,
-                data_parallel_size=recipe.target.data_parallel_size,
-                enable_expert_parallel=recipe.target.enable_expert_parallel,
-                gpu_memory_utilization=recipe.target.gpu_memory_utilization,
-                batch_size=capture.batch_size,
-            )
             console.print(
                 f"dump-hidden: {len(todo)} of {len(selected)} samples to capture ({len(selected) - len(todo)} done), "
                 f"layers {list(plan.stored_ids)}, backend {backend_name}, codec {capture.codec}"

@@ -40,7 +40,9 @@ class HfCapture:
 
         self.plan = plan
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, options.dtype))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, options.dtype), revision=options.revision
+        )
         self.model.to(self.device).eval()
         config = self.model.config.get_text_config()
         check_hidden_size(plan, int(config.hidden_size), f"transformers' config of {model_path}")

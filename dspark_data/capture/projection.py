@@ -32,12 +32,12 @@ class TokenEstimate:
     exact: bool  # counted from the regen dataset (else an upper bound from the recipe)
 
 
-def target_shape(model: str) -> tuple[int, int, str]:
+def target_shape(model: str, revision: str | None = None) -> tuple[int, int, str]:
     """(num_hidden_layers, hidden_size, where it came from) of a recipe's target."""
     from dspark_data.targets import load_target_info, resolve_target
 
     try:
-        info = load_target_info(resolve_target(model))
+        info = load_target_info(resolve_target(model), revision)
         return info.num_hidden_layers, info.hidden_size, "config.json"
     except FileNotFoundError:
         for prefix, (layers, hidden) in KNOWN_SHAPES.items():
@@ -77,7 +77,7 @@ def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate) -> list[Si
 
 def dry_run_plan(recipe: Recipe) -> tuple[LayerPlan, str]:
     """The layer plan checked against the target's shape, and where that shape came from."""
-    layers, hidden, source = target_shape(recipe.target.model)
+    layers, hidden, source = target_shape(recipe.target.model, recipe.target.revision)
     plan = plan_layers(recipe.capture.aux_layers, recipe.capture.include_last_layer, layers, hidden)
     return plan, source
 

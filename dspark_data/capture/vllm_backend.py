@@ -58,6 +58,7 @@ def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spoo
         extra["compilation_config"] = {"custom_ops": ["none"]}
     return {
         "model": model_path,
+        **({"revision": options.revision, "tokenizer_revision": options.revision} if options.revision else {}),
         "dtype": options.dtype,
         # one sampled token plus the speculative slot beyond the longest prompt
         "max_model_len": options.max_model_len + 2,
@@ -90,9 +91,8 @@ class VllmCapture:
 
         self.plan = plan
         self._perm = plan.engine_permutation()
-        check_vllm_support(
-            load_target_info(model_path).architectures, plan, options.tensor_parallel_size, vllm_platform()
-        )
+        archs = load_target_info(model_path, options.revision).architectures
+        check_vllm_support(archs, plan, options.tensor_parallel_size, vllm_platform())
         check_in_process_layout(options.data_parallel_size)
         self.spool_dir = make_spool_dir(spool_root)
         self._sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)

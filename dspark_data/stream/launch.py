@@ -39,7 +39,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from dspark_data.capture.backend import EngineOptions
+from dspark_data.capture.backend import EngineOptions, engine_options
 from dspark_data.capture.layers import LayerPlan, plan_layers
 from dspark_data.capture.spool import default_spool_root
 from dspark_data.stream.auth import check_bind
@@ -85,17 +85,12 @@ def target_setup(recipe: Recipe, tensor_parallel_size: int | None = None) -> Tar
     from dspark_data.targets import load_target_info, resolve_target
 
     model_path = resolve_target(recipe.target.model)
-    info = load_target_info(model_path)
+    info = load_target_info(model_path, recipe.target.revision)
     capture = recipe.capture
     plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
-    options = EngineOptions(
-        dtype=recipe.target.dtype,
-        max_model_len=recipe.seq_len,  # as dump-hidden: conversations are cut at seq_len
-        tensor_parallel_size=tensor_parallel_size or recipe.target.tensor_parallel_size,
-        data_parallel_size=recipe.target.data_parallel_size,
-        enable_expert_parallel=recipe.target.enable_expert_parallel,
-        gpu_memory_utilization=recipe.target.gpu_memory_utilization,
-    )
+    # the same engine settings as dump-hidden (revision, max_model_len, dtype); --tp may override the recipe's
+    tp = {"tensor_parallel_size": tensor_parallel_size} if tensor_parallel_size else {}
+    options = engine_options(recipe, **tp)
     return TargetSetup(model_path, plan, info.vocab_size, options)
 
 
@@ -262,7 +257,7 @@ def serve_target(recipe: Recipe, opts: ServeOptions) -> int:
         from dspark_data.capture.vllm_limits import check_vllm_support
         from dspark_data.targets import load_target_info
 
-        archs = load_target_info(setup.model_path).architectures
+        archs = load_target_info(setup.model_path, setup.options.revision).architectures
         check_vllm_support(archs, setup.plan, setup.options.tensor_parallel_size, vllm_platform())
     root = opts.spool_root or default_spool_root()
     _remove_stale_spools(root)

@@ -134,8 +134,9 @@ def target_info_from_config(cfg: dict[str, Any], directory: Path | None = None) 
     )
 
 
-def load_target_info(path_or_id: str | Path) -> TargetInfo:
-    """TargetInfo of a local target dir, a `tiny:` spec (built if needed) or a hub id in the offline HF cache."""
-    cfg_path = target_config_path(path_or_id)
+def load_target_info(path_or_id: str | Path, revision: str | None = None) -> TargetInfo:
+    """TargetInfo of a local target dir, a `tiny:` spec (built if needed) or a hub id in the offline HF cache
+    (at `revision`, the recipe's `target.revision`, when given)."""
+    cfg_path = target_config_path(path_or_id, revision)
     cfg = json.loads(cfg_path.read_text())
     return target_info_from_config(cfg, cfg_path.parent)

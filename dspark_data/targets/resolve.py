@@ -28,8 +28,12 @@ def resolve_target(spec: str) -> str:
     return spec
 
 
-def target_config_path(path_or_id: str | Path) -> Path:
-    """config.json of a local target directory, a `tiny:` spec (built if needed) or a hub id in the HF cache."""
+def target_config_path(path_or_id: str | Path, revision: str | None = None) -> Path:
+    """config.json of a local target directory, a `tiny:` spec (built if needed) or a hub id in the HF cache.
+
+    `revision` (recipe `target.revision`: a commit sha, branch or tag) picks the hub snapshot; a local
+    directory or tiny spec has exactly one version, so it is ignored there.
+    """
     spec = str(path_or_id)
     if spec.startswith(TINY_PREFIX):
         spec = resolve_target(spec)
@@ -45,11 +49,12 @@ def target_config_path(path_or_id: str | Path) -> Path:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
         try_to_load_from_cache = None
-    cached = try_to_load_from_cache(spec, "config.json") if try_to_load_from_cache else None
+    cached = try_to_load_from_cache(spec, "config.json", revision=revision) if try_to_load_from_cache else None
     if isinstance(cached, str) and Path(cached).is_file():
         return Path(cached)
     raise FileNotFoundError(
-        f"target {spec!r} is neither a local directory nor in the Hugging Face cache (offline). "
-        f"Download it on a machine with hub access (`huggingface-cli download {spec}`) and point HF_HOME "
+        f"target {spec!r}{f' at revision {revision!r}' if revision else ''} is neither a local directory nor in "
+        "the Hugging Face cache (offline). Download it on a machine with hub access (`huggingface-cli download "
+        f"{spec}{f' --revision {revision}' if revision else ''}`) and point HF_HOME "
         "at that cache, or give the local directory instead; for the embedded targets use 'tiny:trained'."
     )

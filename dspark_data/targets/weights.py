@@ -63,33 +63,42 @@ class TargetHead:
         return TargetHead(embed, move(self.norm), lm_head, self.rms_norm_eps, self.tied)
 
 
-def _target_dir(path_or_id: str | Path) -> tuple[Path, str | None]:
-    """(local directory, hub repo id or None): tiny specs and directories are local; hub ids use the cache."""
+def _target_dir(path_or_id: str | Path, revision: str | None) -> tuple[Path, str | None]:
+    """(local directory, hub repo id or None): tiny specs and directories are local; hub ids use the cache
+    (the snapshot of `revision`)."""
     from dspark_data.targets.resolve import resolve_target, target_config_path
 
     spec = str(path_or_id)
     local = Path(resolve_target(spec)).expanduser()
     if local.is_dir():
         return local, None
-    return target_config_path(spec).parent, spec
+    return target_config_path(spec, revision).parent, spec
 
 
-def _file(directory: Path, repo: str | None, name: str) -> Path:
-    """A checkpoint file, from the directory or (hub ids) fetched into the HF cache one file at a time."""
+def _file(directory: Path, repo: str | None, name: str, revision: str | None = None) -> Path:
+    """A checkpoint file, from the directory or (hub ids) fetched into the HF cache one file at a time.
+
+    A file the repo does not have (or, offline, that the cache does not hold) comes back as a path that does
+    not exist, so optional files (the shard index of a one-file checkpoint) are probed like local ones.
+    """
     path = directory / name
     if path.is_file() or repo is None:
         return path
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
-    return Path(hf_hub_download(repo, name))
+    try:
+        return Path(hf_hub_download(repo, name, revision=revision))
+    except EntryNotFoundError:
+        return path
 
 
-def _weight_map(directory: Path, repo: str | None) -> dict[str, str]:
+def _weight_map(directory: Path, repo: str | None, revision: str | None) -> dict[str, str]:
     """Tensor name -> shard file name, from the index, or from the single `model.safetensors`."""
-    index = _file(directory, repo, "model.safetensors.index.json")
+    index = _file(directory, repo, "model.safetensors.index.json", revision)
     if index.is_file():
         return dict(json.loads(index.read_text())["weight_map"])
-    single = _file(directory, repo, "model.safetensors")
+    single = _file(directory, repo, "model.safetensors", revision)
     if not single.is_file():
         raise FileNotFoundError(f"{directory} has neither model.safetensors.index.json nor model.safetensors")
     from safetensors import safe_open
@@ -98,32 +107,35 @@ def _weight_map(directory: Path, repo: str | None) -> dict[str, str]:
         return {k: "model.safetensors" for k in fh.keys()}
 
 
-def _read(directory: Path, repo: str | None, weight_map: dict[str, str], name: str) -> torch.Tensor:
+def _read(
+    directory: Path, repo: str | None, revision: str | None, weight_map: dict[str, str], name: str
+) -> torch.Tensor:
     from safetensors import safe_open
 
-    with safe_open(str(_file(directory, repo, weight_map[name])), framework="pt") as fh:
+    with safe_open(str(_file(directory, repo, weight_map[name], revision)), framework="pt") as fh:
         tensor = fh.get_tensor(name)
     if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise ValueError(f"{name} is stored in {tensor.dtype}; dspark expects the target's head unquantised")
     return tensor
 
 
-def _config(directory: Path, repo: str | None) -> dict:
-    cfg = json.loads(_file(directory, repo, "config.json").read_text())
+def _config(directory: Path, repo: str | None, revision: str | None) -> dict:
+    cfg = json.loads(_file(directory, repo, "config.json", revision).read_text())
     if "text_config" in cfg and "rms_norm_eps" not in cfg:
         cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings")}
     return cfg
 
 
-def load_target_head(path: str | Path, dtype: torch.dtype | None = None) -> TargetHead:
-    """Embedding, final norm and lm_head of a target (local dir, `tiny:` spec, or hub id in the HF cache).
+def load_target_head(path: str | Path, dtype: torch.dtype | None = None, revision: str | None = None) -> TargetHead:
+    """Embedding, final norm and lm_head of a target (local dir, `tiny:` spec, or hub id in the HF cache at
+    `revision`, the recipe's `target.revision`).
 
     Tied embeddings (`tie_word_embeddings`, or no lm_head tensor in the checkpoint) reuse the embedding
     as lm_head. `dtype` casts (default: as stored).
     """
-    directory, repo = _target_dir(path)
-    cfg = _config(directory, repo)
-    weight_map = _weight_map(directory, repo)
+    directory, repo = _target_dir(path, revision)
+    cfg = _config(directory, repo, revision)
+    weight_map = _weight_map(directory, repo, revision)
     names = next((n for n in _NAME_SETS if n[0] in weight_map and n[1] in weight_map), None)
     if names is None:
         raise KeyError(
@@ -131,10 +143,10 @@ def load_target_head(path: str | Path, dtype: torch.dtype | None = None) -> Targ
             "add this family's names to dspark_data/targets/weights.py"
         )
     embed_name, norm_name, head_name = names
-    embed = _read(directory, repo, weight_map, embed_name)
-    norm = _read(directory, repo, weight_map, norm_name)
+    embed = _read(directory, repo, revision, weight_map, embed_name)
+    norm = _read(directory, repo, revision, weight_map, norm_name)
     tied = bool(cfg.get("tie_word_embeddings")) or head_name not in weight_map
-    lm_head = embed if tied else _read(directory, repo, weight_map, head_name)
+    lm_head = embed if tied else _read(directory, repo, revision, weight_map, head_name)
     eps = float(cfg.get("rms_norm_eps", cfg.get("layernorm_epsilon", cfg.get("layer_norm_epsilon", 1e-6))))
     if lm_head.shape[1] != norm.shape[0] or embed.shape[1] != norm.shape[0]:
         raise ValueError(f"inconsistent head shapes: embed {embed.shape}, norm {norm.shape}, lm_head {lm_head.shape}")

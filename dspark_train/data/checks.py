@@ -84,7 +84,7 @@ def load_vocab(path: Path | None, *, target_vocab_size: int, draft_vocab_size: i
         if draft_vocab_size != target_vocab_size:
             raise DataMismatch(
                 f"no draft vocab file, but vocab.draft_vocab_size={draft_vocab_size} is smaller than the target's "
-                f"{target_vocab_size}: run `dspark vocab` first or pass its vocab.safetensors"
+                f"{target_vocab_size}: run `dspark vocab` first, then pass --vocab DIR (or keep it beside --data)"
             )
         return DraftVocab(
             torch.ones(target_vocab_size, dtype=torch.bool), torch.zeros(target_vocab_size, dtype=torch.long), "full"

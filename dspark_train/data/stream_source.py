@@ -404,7 +404,7 @@ def stream_overrides(
     out: Path | None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    """`TrainOptions` fields for `--stream` (none without it): regen data by default, the token from
+    """`TrainOptions` fields for `--stream` (none without it): --data is the regen dataset, the token from
     $DSPARK_STREAM_TOKEN, per-rank figures in `<out>/stream/`."""
     if not stream:
         if endpoints or cache_dir is not None:
@@ -412,10 +412,12 @@ def stream_overrides(
         return {}
     if not endpoints:
         raise StreamError("--stream needs the gateway of `dspark serve-target`: --endpoint http://HOST:PORT")
+    if data is None:  # never the working directory's runs/<recipe>/regen: the prompts must be named
+        raise StreamError("--stream needs --data: the regen dataset whose prompts the gateways capture")
     from dspark_data.stream.auth import resolve_token
 
     out_dir = out or Path("runs") / recipe.name / "train"
     opts = StreamOptions(
         tuple(endpoints), token=resolve_token(token), cache_dir=cache_dir, stats_dir=out_dir / "stream"
     )
-    return {"data_dir": data or Path("runs") / recipe.name / "regen", "stream": opts}
+    return {"data_dir": data, "stream": opts}

@@ -1,6 +1,9 @@
 """`dspark eval --draft DIR`: offline acceptance of an exported draft, per prompt set, greedy and sampled.
 
-The draft is loaded from the export directory (what vLLM serves), the target with transformers; each
+The draft is loaded from the export directory (what vLLM serves) and runs in torch; the target runs with
+transformers (`backend="hf"`, `HfTarget`) or in vLLM (`backend="vllm"`, recipe `eval.backend`: a target class
+with HfTarget's interface that the caller injects as `target_factory`, since dspark_train never imports vLLM;
+`dspark eval` passes `dspark_data.capture.eval_target.VllmEvalTarget`). Each
 prompt is rendered with the target's chat template as one user turn (what the chat endpoint does) and
 decoded with `speculate`. Results are vLLM-shaped counters, so the tables compare directly with
 `dspark eval --server` and with the seed card.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +54,15 @@ class EvalOptions:
     max_new_tokens: int = 256
     num_speculative_tokens: int | None = None  # default: the export's proposal method
     target: str | None = None  # default: the export's verifier
+    target_revision: str | None = None  # default: the export's verifier.revision (with --target: the recipe's)
     dtype: str = "bfloat16"
     draft_sampling: str = "probabilistic"
     seed: int = 0
     num_threads: int | None = None  # torch CPU threads (None: 1 for tiny CPU targets, else torch's default)
     consistency: bool = False  # also compare with the trainer's metric on the same data (consistency.py)
+    backend: str = "hf"  # recipe eval.backend: "hf" (transformers, in this process) or "vllm" (target_factory)
+    # (path, aux_layer_ids, dtype=, revision=) -> a target with HfTarget's interface; required for "vllm"
+    target_factory: Callable[..., Any] | None = field(default=None, repr=False)
 
 
 def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
@@ -66,11 +73,11 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     return [int(t) for t in out]
 
 
-def eos_ids(path: str, tokenizer: Any) -> set[int]:
+def eos_ids(path: str, tokenizer: Any, revision: str | None = None) -> set[int]:
     """Stop tokens vLLM uses: generation_config's eos ids plus the tokenizer's eos."""
     ids: set[int] = set()
     try:
-        gen = GenerationConfig.from_pretrained(path)
+        gen = GenerationConfig.from_pretrained(path, revision=revision)
         eos = gen.eos_token_id
         ids.update([eos] if isinstance(eos, int) else list(eos or []))
     except OSError:
@@ -103,13 +110,18 @@ def _export_identity(draft_dir: Path) -> Any:
 def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
     """Evaluate every (prompt set, mode); write the outputs; return the flat summary (reused when unchanged)."""
     fp = fingerprint({"export": _export_identity(Path(opts.draft_dir)),
-                      **{k: str(v) for k, v in vars(opts).items() if k not in ("out_dir", "num_threads")}})
+                      **{k: str(v) for k, v in vars(opts).items()
+                         if k not in ("out_dir", "num_threads", "target_factory")}})
     previous = Path(opts.out_dir) / "summary.json"
     if previous.is_file() and (Path(opts.out_dir) / "results.json").is_file():
         old = json.loads(previous.read_text())
         if old.get("fingerprint") == fp:
             return {**old, "cached": True}
-    loaded = load_export(opts.draft_dir, target=opts.target)
+    if opts.backend not in ("hf", "vllm"):
+        raise ValueError(f"eval.backend must be 'hf' or 'vllm', got {opts.backend!r}")
+    if opts.backend == "vllm" and opts.target_factory is None:
+        raise ValueError("eval.backend=vllm needs the vLLM target (dspark eval injects it): pass target_factory")
+    loaded = load_export(opts.draft_dir, target=opts.target, revision=opts.target_revision)
     threads = opts.num_threads
     if threads is None and loaded.config.hidden_size <= TINY_HIDDEN:
         threads = 1  # matmuls this small gain nothing from intra-op threads, and spinning threads thrash a busy CPU
@@ -122,13 +134,25 @@ def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
 
 def _evaluate(opts: EvalOptions, loaded: LoadedDraft) -> dict[str, Any]:
     k = opts.num_speculative_tokens or loaded.num_speculative_tokens
-    target_path = opts.target or loaded.verifier
-    target = HfTarget(target_path, loaded.aux_layer_ids, dtype=opts.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(target_path)
-    stops = eos_ids(target_path, tokenizer)
+    target_path, revision = opts.target or loaded.verifier, loaded.verifier_revision
+    make_target = opts.target_factory if opts.backend == "vllm" else HfTarget
+    target = make_target(target_path, loaded.aux_layer_ids, dtype=opts.dtype, revision=revision)
+    try:
+        return _evaluate_with(opts, loaded, target, target_path, revision, k)
+    finally:
+        if hasattr(target, "close"):
+            target.close()  # a vLLM engine: release its processes and memory
+
+
+def _evaluate_with(
+    opts: EvalOptions, loaded: LoadedDraft, target: Any, target_path: str, revision: str | None, k: int
+) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(target_path, revision=revision)
+    stops = eos_ids(target_path, tokenizer, revision)
     results: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"cached": False, "draft": str(opts.draft_dir), "format": loaded.fmt,
-                               "num_speculative_tokens": k, "max_new_tokens": opts.max_new_tokens}
+                               "backend": opts.backend, "num_speculative_tokens": k,
+                               "max_new_tokens": opts.max_new_tokens}
     start = time.monotonic()
     consistency: dict[str, Any] = {}
     for spec in opts.prompt_sets:

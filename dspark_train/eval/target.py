@@ -28,8 +28,12 @@ class TargetStep:
 class HfTarget:
     """A causal LM with a KV cache that `forward` extends and `truncate` rolls back."""
 
-    def __init__(self, path: str, aux_layer_ids: list[int], dtype: str = "bfloat16", device: str = "cpu") -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
+    def __init__(
+        self, path: str, aux_layer_ids: list[int], dtype: str = "bfloat16", device: str = "cpu",
+        revision: str | None = None,
+    ) -> None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
+        self.model = model.to(device).eval()
         n = self.model.config.get_text_config().num_hidden_layers
         bad = [i for i in aux_layer_ids if not 0 <= i < n]
         if bad:

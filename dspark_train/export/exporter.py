@@ -48,9 +48,9 @@ def verifier_name_or_path(target_spec: str, trained_dir: str | None = None) -> s
     return target_spec
 
 
-def _verifier_architectures(verifier: str) -> list[str]:
+def _verifier_architectures(verifier: str, revision: str | None) -> list[str]:
     try:
-        return load_target_info(verifier).architectures
+        return load_target_info(verifier, revision).architectures
     except (FileNotFoundError, ValueError, OSError):
         return []  # a hub id not in the offline cache: vLLM reads them from the hub at serve time
 
@@ -76,10 +76,10 @@ def _write_dir(out: Path, files: dict[str, bytes], tensors: dict[str, torch.Tens
 
 
 def export_tensors(
-    draft: TrainedDraft, fmt: ExportFormat, dtype: torch.dtype, target_dir: str
+    draft: TrainedDraft, fmt: ExportFormat, dtype: torch.dtype, target_dir: str, revision: str | None = None
 ) -> dict[str, torch.Tensor]:
     """The checked, cast tensors of the export (the draft rebuilt with the target's frozen tensors)."""
-    head = load_target_head(target_dir)
+    head = load_target_head(target_dir, revision=revision)
     model = draft.build_model(head.embed, head.lm_head)
     tensors = model.exportable_state_dict()
     vocab = {k: tensors.pop(k) for k in ("lm_head.weight", "d2t", "t2d") if k in tensors}
@@ -97,11 +97,13 @@ def export_draft(
     num_speculative_tokens: int | None = None,
     dtype: str = "bfloat16",
     verifier: str | None = None,
+    verifier_revision: str | None = None,
 ) -> dict[str, Any]:
     """Export `checkpoint` (step dir or train dir) to `out`; returns the summary written to summary.json.
 
     `num_speculative_tokens` defaults to the recipe's `eval.num_speculative_tokens`; `verifier` overrides
-    the target recorded in the run (e.g. the hub id of a target trained from a local copy).
+    the target recorded in the run (e.g. the hub id of a target trained from a local copy);
+    `verifier_revision` the run's `target.revision` (recorded as `verifier.revision`, the head is read there).
     """
     if fmt not in ("dspark", "dflash"):
         raise ValueError(f"--format must be dspark or dflash, got {fmt!r}")
@@ -113,11 +115,12 @@ def export_draft(
     target_spec = recipe.get("target", {}).get("model") or draft.state.get("target_dir")
     target_dir = draft.state.get("target_dir") or resolve_target(target_spec)
     verifier = verifier or verifier_name_or_path(target_spec, target_dir)
+    revision = verifier_revision or recipe.get("target", {}).get("revision")
     k = num_speculative_tokens or recipe.get("eval", {}).get("num_speculative_tokens") or cfg.num_draft_tokens
     aux = recipe.get("capture", {}).get("aux_layers")
     if not aux:
         raise ValueError(f"{draft.path}/recipe.json has no capture.aux_layers: cannot name the aux layers for vLLM")
-    options = {"format": fmt, "k": k, "dtype": dtype, "verifier": verifier}
+    options = {"format": fmt, "k": k, "dtype": dtype, "verifier": verifier, "verifier_revision": revision}
     fp = fingerprint({"checkpoint": str(draft.path.resolve()), "plan": draft.state.get("plan_fingerprint"),
                       "step": draft.step, **options})
     out = Path(out)
@@ -129,9 +132,9 @@ def export_draft(
 
     config_json = build_config(
         cfg, fmt=fmt, aux_layer_ids=aux, num_speculative_tokens=k, verifier_name_or_path=verifier,
-        verifier_architectures=_verifier_architectures(verifier), dtype=dtype,
+        verifier_architectures=_verifier_architectures(verifier, revision), dtype=dtype, verifier_revision=revision,
     )
-    tensors = export_tensors(draft, fmt, DTYPES[dtype], target_dir)
+    tensors = export_tensors(draft, fmt, DTYPES[dtype], target_dir, revision)
     card = render_card(fmt=fmt, cfg=cfg, config_json=config_json, recipe=recipe, state=draft.state,
                        step=draft.step, out_name=str(out))
     provenance = {
@@ -155,6 +158,7 @@ def export_draft(
         "num_tensors": len(tensors),
         "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
         "verifier": verifier,
+        "verifier_revision": revision,
         "fingerprint": fp,
     }
     if "accepted_length" in val:

@@ -29,6 +29,7 @@ class LoadedDraft:
     num_speculative_tokens: int
     verifier: str
     config_json: dict[str, Any]
+    verifier_revision: str | None = None  # speculators_config.verifier.revision: the target weights it was trained on
 
 
 def draft_config_from_export(c: dict[str, Any]) -> DraftConfig:
@@ -67,16 +68,21 @@ def draft_config_from_export(c: dict[str, Any]) -> DraftConfig:
     )
 
 
-def load_export(directory: Path, *, target: str | None = None, device: str | torch.device = "cpu") -> LoadedDraft:
+def load_export(
+    directory: Path, *, target: str | None = None, device: str | torch.device = "cpu", revision: str | None = None
+) -> LoadedDraft:
     """The draft of an export directory, in float32 on `device`, with the verifier's embedding.
 
-    `target` overrides `speculators_config.verifier.name_or_path` (e.g. a local copy of a hub target).
+    `target` overrides `speculators_config.verifier.name_or_path` (e.g. a local copy of a hub target), and
+    `revision` its `verifier.revision`; the recorded revision applies only to the recorded verifier.
     """
     directory = Path(directory)
     config_json = json.loads((directory / "config.json").read_text())
     cfg = draft_config_from_export(config_json)
-    verifier = target or config_json["speculators_config"]["verifier"]["name_or_path"]
-    head = load_target_head(verifier)
+    recorded = config_json["speculators_config"]["verifier"]
+    verifier = target or recorded["name_or_path"]
+    revision = revision or (None if target else recorded.get("revision"))
+    head = load_target_head(verifier, revision=revision)
     tensors = load_file(str(directory / "model.safetensors"))
     t2d = tensors.get("t2d")
     if t2d is None and "d2t" in tensors:  # vLLM needs only d2t; rebuild the mask from it
@@ -105,4 +111,5 @@ def load_export(directory: Path, *, target: str | None = None, device: str | tor
         num_speculative_tokens=int(proposal["speculative_tokens"]),
         verifier=verifier,
         config_json=config_json,
+        verifier_revision=revision,
     )

@@ -52,8 +52,14 @@ def build_config(
     verifier_name_or_path: str,
     verifier_architectures: list[str],
     dtype: str = "bfloat16",
+    verifier_revision: str | None = None,
 ) -> dict[str, Any]:
-    """The full config.json for `fmt`; `aux_layer_ids` in vLLM's convention (id k = input of layer k)."""
+    """The full config.json for `fmt`; `aux_layer_ids` in vLLM's convention (id k = input of layer k).
+
+    `verifier_revision` (the run's `target.revision`) is written as `verifier.revision` when set: the draft is
+    only valid for the weights it was trained against. vLLM reads `name_or_path` only; serve with
+    `--revision` set to it (docs/export.md), and `dspark eval` loads that revision.
+    """
     if len(aux_layer_ids) != cfg.num_aux_layers:
         raise ValueError(f"{len(aux_layer_ids)} aux layer ids for a draft trained on {cfg.num_aux_layers}")
     if not 1 <= num_speculative_tokens <= cfg.num_draft_tokens:
@@ -92,7 +98,8 @@ def build_config(
         "algorithm": fmt,
         "proposal_methods": [proposal_method(num_speculative_tokens)],
         "default_proposal_method": "greedy",
-        "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures)},
+        "verifier": {"name_or_path": verifier_name_or_path, "architectures": list(verifier_architectures),
+                     **({"revision": verifier_revision} if verifier_revision else {})},
     }
     config["dtype"] = dtype
     return config
