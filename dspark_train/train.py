@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from dspark_data.shutdown import EXIT_TERMINATED, GracefulStop
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
 from dspark_train.data.checks import DataMismatch
 from dspark_train.data.stream_source import StreamError, stream_overrides
 from dspark_train.parallelize import destroy_distributed
 from dspark_train.resume import RunConflict
 from dspark_train.trainer import Trainer, TrainOptions
+from dspark_train.warm_start import InitFromError
 from schemas.loading import RecipeError, load_recipe
 from schemas.recipe import Recipe
 
@@ -52,7 +54,9 @@ def run(recipe: Recipe, opts: TrainOptions) -> dict[str, Any]:
     """
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return Trainer(recipe, opts).train()
+        # SIGTERM from here on (setup included) is a request: finish the step, checkpoint, exit (preempt.py).
+        with GracefulStop("dspark train", grace_s=recipe.train.preempt_grace_s or None) as stop:
+            return Trainer(recipe, opts, stop=stop).train()
     finally:
         torch.use_deterministic_algorithms(deterministic)
         destroy_distributed()
@@ -68,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=Path, default=None, help="vocab.safetensors or its directory.")
     p.add_argument("--max-steps", type=int, default=None, help="Stop after N optimizer steps.")
     p.add_argument("--resume", action="store_true", help="Continue the checkpoint in --out even if settings changed.")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="Start from a speculators-format draft (an export, a DFlash export, a speculators checkpoint).")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     p.add_argument("--attention", choices=["sdpa", "flex"], default=None, help="Attention kernel (default by device).")
     p.add_argument("--synthetic", type=int, default=None, help="Train on N synthetic samples (smoke tests, bench).")
@@ -111,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         stop_after=args.stop_after,
         progress=not args.no_progress,
         skip_samples=split_ids(args.skip_samples),
+        init_from=args.init_from,
         **stream,
     )
     try:
         summary = run(recipe, opts)
-    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError) as exc:
+    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError,
+            InitFromError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if summary.get("preempted"):  # checkpoint written; 143 tells the scheduler the job was ended by SIGTERM
+        return EXIT_TERMINATED
     if "steps" in summary and int(os.environ.get("RANK", "0")) == 0:
         state = "reused (cached)" if summary.get("cached") else "trained"
         print(f"train {state}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {opts.out_dir}",
