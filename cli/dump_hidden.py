@@ -7,7 +7,20 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DataOpt, LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import (
+    DataOpt,
+    LimitOpt,
+    OutOpt,
+    RecipeOpt,
+    SeedOpt,
+    SetOpt,
+    console,
+    fail,
+    resolve_recipe,
+    stage_dir,
+    stopped,
+)
+from dspark_data.shutdown import StopRequested
 
 
 def dump_hidden(
@@ -31,6 +44,8 @@ def dump_hidden(
     out_dir = stage_dir(cfg, "hidden", out)
     try:
         summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console)
+    except StopRequested as exc:  # SIGTERM: everything committed stays; rerun the same command to resume
+        stopped(exc)
     except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights
         fail(str(exc))
     if dry_run:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from types import FrameType, TracebackType
 
 EXIT_TERMINATED = 143  # 128 + SIGTERM: what a shell or scheduler reads as "ended by SIGTERM"
+_ACTIVE: list[GracefulStop] = []  # entered contexts, innermost last (what `stop_requested` consults)
 
 
 class StopRequested(Exception):
@@ -84,6 +85,7 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(
@@ -94,6 +96,23 @@ class GracefulStop:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)  # type: ignore[arg-type]
         self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+
+def stop_requested() -> bool:
+    """Whether a SIGTERM reached the innermost active GracefulStop (False when none is active).
+
+    Lets a loop deep inside a stage (the regen driver, the capture loop) stop at its safe point without the
+    context being passed down through every call.
+    """
+    return bool(_ACTIVE) and _ACTIVE[-1].requested
+
+
+def check_stop(what: str, detail: str = "") -> None:
+    """Raise StopRequested when `stop_requested()`; call it only where everything before is committed."""
+    if stop_requested():
+        raise StopRequested(what, detail)
 
 
 def run_forwarding_signals(argv: list[str], env: dict[str, str] | None = None) -> int:

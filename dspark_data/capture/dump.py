@@ -32,6 +32,7 @@ from dspark_data.capture.backend import EngineOptions, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
+from dspark_data.shutdown import GracefulStop, check_stop, stop_requested
 from dspark_data.store import HiddenStateWriter, open_dataset
 from dspark_data.store.files import atomic_write_bytes
 from schemas.recipe import Recipe
@@ -93,7 +94,8 @@ def dump_hidden(
         producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump()},
         shard_bytes=capture.shard_bytes,
     )
-    with writer:
+    # SIGTERM: commit what the engine returned, close the engine, exit (dspark_data/shutdown.py).
+    with GracefulStop("dump-hidden"), writer:
         done = writer.committed_ids | writer.error_ids
         todo = [i for i in selected if regen.ids[i] not in done]
         cached = not todo and writer.complete
@@ -112,6 +114,7 @@ def dump_hidden(
             )
             engine = open_backend(backend_name, model_path, plan, options)
             try:
+                check_stop("dump-hidden", "before the first sample; nothing new was written")
                 samples = _samples(regen, todo, recipe.seq_len, info.vocab_size)
                 stats = _capture_into(engine, writer, plan, samples, len(todo), capture.batch_size, console)
             finally:
@@ -178,9 +181,10 @@ def _capture_into(
                 writer.record_error(sample.id, rejection.reason, rejection.detail)
                 stats["errors"] += 1
             since_commit += 1
-            if since_commit >= commit_every:
+            if since_commit >= commit_every or stop_requested():
                 writer.commit()
                 since_commit = 0
+            check_stop("dump-hidden", f"{stats['samples']} samples captured this run, all committed")
             stats["capture_seconds"] = time.monotonic() - started
             progress.update(task, advance=1, tokens_per_s=stats["tokens"] / max(stats["capture_seconds"], 1e-9))
     return stats
