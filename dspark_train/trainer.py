@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from dspark_data.seeding import derive_seed
@@ -200,7 +201,7 @@ class Trainer:
             trackers=open_trackers(
                 t.report_to, opts.out_dir, run_name=f"{recipe.name}-{plan_fingerprint(self.plan)[:8]}",
                 run_id=plan_fingerprint(self.plan)[:16], config=recipe.model_dump(mode="json"),
-                start_step=self.step, warn=lambda m: self.notes.append(m),
+                start_step=self.step, warn=lambda m: self.notes.append(escape(m)),  # "[wandb]" is no markup
             ) if self.dist.is_main else [],
             progress=opts.progress,
         )
