@@ -7,7 +7,7 @@ put on sys.path of a child process only. The one module it imports that is not i
 empty stand-in in that child: the model class never calls it. If the wheel cannot be fetched (no network),
 `speculators_checkpoint` returns None and the test says so.
 
-Run as a script (`python speculators_fixture.py SITE TARGET OUT N_LAYERS AUX VOCAB_FILE|-`), it builds the draft
+Run as a script (`python speculators_fixture.py SITE TARGET OUT LAYERS AUX RANK VOCAB|-`), it builds the draft
 the way speculators' trainer does (`create_transformer_layer_config` + `DSparkDraftModel.from_training_args`)
 and saves it with `save_pretrained`.
 """
@@ -43,7 +43,7 @@ def _wheel_dir() -> Path | None:
     return site
 
 
-def speculators_checkpoint(target: str, out: Path, *, num_layers: int, aux: list[int],
+def speculators_checkpoint(target: str, out: Path, *, num_layers: int, aux: list[int], markov_rank: int,
                            vocab_file: Path | None) -> Path | None:
     """`out` holding speculators' own save of a fresh DSpark draft for `target`; None without the wheel."""
     site = _wheel_dir()
@@ -51,14 +51,14 @@ def speculators_checkpoint(target: str, out: Path, *, num_layers: int, aux: list
         return None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     args = [sys.executable, __file__, str(site), target, str(out), str(num_layers), ",".join(map(str, aux)),
-            str(vocab_file) if vocab_file else "-"]
+            str(markov_rank), str(vocab_file) if vocab_file else "-"]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"speculators {VERSION} could not build its checkpoint:\n{done.stderr[-3000:]}")
     return out
 
 
-def _build(target: str, out: str, num_layers: int, aux: list[int], vocab_file: str) -> None:
+def _build(target: str, out: str, num_layers: int, aux: list[int], markov_rank: int, vocab_file: str) -> None:
     import types
 
     sys.modules.setdefault("hs_connectors", types.ModuleType("hs_connectors"))
@@ -88,7 +88,7 @@ def _build(target: str, out: str, num_layers: int, aux: list[int], vocab_file: s
     vocab_size = int(d2t.numel()) if d2t is not None else int(layer_config.vocab_size)
     model = DSparkDraftModel.from_training_args(
         layer_config, t2d=t2d, d2t=d2t, verifier_name_or_path=target, draft_vocab_size=vocab_size,
-        target_layer_ids=aux, block_size=8, sample_from_anchor=False, mask_token_id=8, markov_rank=256,
+        target_layer_ids=aux, block_size=8, sample_from_anchor=False, mask_token_id=8, markov_rank=markov_rank,
         draft_attn_impl="sdpa",
     )
     with torch.no_grad():  # trained-looking weights, so a load that silently kept our init would be caught
@@ -99,5 +99,5 @@ def _build(target: str, out: str, num_layers: int, aux: list[int], vocab_file: s
 
 
 if __name__ == "__main__":
-    _, _site, tgt, dest, layers, aux_ids, vf = sys.argv
-    _build(tgt, dest, int(layers), [int(i) for i in aux_ids.split(",")], vf)
+    _, _site, tgt, dest, layers, aux_ids, rank, vf = sys.argv
+    _build(tgt, dest, int(layers), [int(i) for i in aux_ids.split(",")], int(rank), vf)
