@@ -130,3 +130,15 @@ def test_a_checkpoint_saved_by_speculators_loads(env, tmp_path) -> None:
     assert all(torch.equal(own[n], saved[n].float()) for n in loaded)
     summary = run(_recipe(env), _opts(env, tmp_path / "w", max_steps=2, init_from=ckpt))
     assert summary["steps"] == 2 and summary["init_from"]["format"] == "dspark"
+
+
+def test_cli_names_a_bad_init_from(env, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    base = [f"target.model={env['target']}", *SMALL, "vocab.draft_vocab_size=2048"]  # `dspark train` has no --vocab
+    sets = [x for item in base for x in ("--set", item)]
+    result = CliRunner().invoke(app, ["train", *sets, "--data", str(env["hidden"]), "--out", str(tmp_path / "o"),
+                                      "--init-from", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "no config.json" in " ".join(result.output.split()), result.output
