@@ -4,11 +4,13 @@
 records under `train/<key>` and `val/<key>`. Each is an optional extra (`pip install 'dspark[wandb]'`): one
 that is not installed is named in a warning and skipped, so a recipe that asks for W&B still trains on a
 machine without it. W&B honours its own environment (`WANDB_MODE=offline`, `WANDB_PROJECT`, ...); the run
-id derives from the run's plan fingerprint, so a resumed run continues the same W&B run.
+id derives from the run's plan fingerprint and train directory, so a resumed run continues the same W&B
+run while the same recipe trained into another directory is another W&B run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,8 +62,13 @@ class WandbTracker:
         self._run.finish()
 
 
+def run_id(fingerprint: str, out_dir: Path) -> str:
+    """A stable tracker run id: the same plan in the same train directory (a resume) gets the same one."""
+    return hashlib.sha256(f"{fingerprint}:{Path(out_dir).resolve()}".encode()).hexdigest()[:16]
+
+
 def open_trackers(
-    names: list[str], out_dir: Path, *, run_name: str, run_id: str, config: dict[str, Any], start_step: int,
+    names: list[str], out_dir: Path, *, run_name: str, fingerprint: str, config: dict[str, Any], start_step: int,
     warn: Any = print,
 ) -> list[Tracker]:
     """The trackers that could be opened; a missing package is a warning naming the extra to install."""
@@ -71,7 +78,7 @@ def open_trackers(
             if name == "tensorboard":
                 trackers.append(TensorBoardTracker(out_dir, start_step))
             elif name == "wandb":
-                trackers.append(WandbTracker(out_dir, run_name, run_id, config))
+                trackers.append(WandbTracker(out_dir, run_name, run_id(fingerprint, out_dir), config))
             else:
                 raise ValueError(f"train.report_to: unknown tracker {name!r} (known: {sorted(EXTRAS)})")
         except ImportError as exc:

@@ -200,7 +200,7 @@ class Trainer:
             start_step=self.step,
             trackers=open_trackers(
                 t.report_to, opts.out_dir, run_name=f"{recipe.name}-{plan_fingerprint(self.plan)[:8]}",
-                run_id=plan_fingerprint(self.plan)[:16], config=recipe.model_dump(mode="json"),
+                fingerprint=plan_fingerprint(self.plan), config=recipe.model_dump(mode="json"),
                 start_step=self.step, warn=lambda m: self.notes.append(escape(m)),  # "[wandb]" is no markup
             ) if self.dist.is_main else [],
             progress=opts.progress,

@@ -1,5 +1,5 @@
-"""`train.report_to`: W&B (offline, no network) receives the same records as metrics.jsonl; a tracker whose
-package is missing is a warning naming the extra, and the run trains on."""
+"""`train.report_to`: W&B (offline, no network) and TensorBoard receive the same records as metrics.jsonl; a
+tracker whose package is missing is a warning naming the extra, and the run trains on."""
 
 from __future__ import annotations
 
@@ -53,11 +53,24 @@ def wandb_history(path: Path) -> dict[int, dict[str, float]]:
     return rows
 
 
-def test_wandb_offline_logs_the_metrics_jsonl_records(tiny_random_target, hidden, tmp_path, monkeypatch) -> None:
+def tensorboard_scalars(directory: Path) -> dict[int, dict[str, float]]:
+    """{step: {tag: value}} from the event files under `directory`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory))
+    acc.Reload()
+    rows: dict[int, dict[str, float]] = {}
+    for tag in acc.Tags()["scalars"]:
+        for event in acc.Scalars(tag):
+            rows.setdefault(int(event.step), {})[tag] = float(event.value)
+    return rows
+
+
+def test_trackers_log_the_metrics_jsonl_records(tiny_random_target, hidden, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "train"
-    run(_recipe(tiny_random_target, 'train.report_to=["wandb"]'),
+    run(_recipe(tiny_random_target, 'train.report_to=["wandb","tensorboard"]'),
         TrainOptions(out_dir=out, data_dir=hidden, max_steps=6, progress=False))
     expected: dict[int, dict[str, float]] = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
@@ -72,6 +85,10 @@ def test_wandb_offline_logs_the_metrics_jsonl_records(tiny_random_target, hidden
     for step, row in expected.items():
         assert got[step].keys() == row.keys(), f"step {step}: W&B keys {sorted(got[step])} != {sorted(row)}"
         assert got[step] == pytest.approx(row, rel=0, abs=0), f"step {step}: values differ"
+    board = tensorboard_scalars(out / "tensorboard")  # float32 scalars: equal to 1e-6 relative
+    assert sorted(board) == sorted(expected)
+    for step, row in expected.items():
+        assert board[step].keys() == row.keys() and board[step] == pytest.approx(row, rel=1e-6)
 
 
 def test_missing_tracker_is_named_and_the_run_trains_on(tiny_random_target, hidden, tmp_path, monkeypatch,
