@@ -142,3 +142,25 @@ def test_cli_names_a_bad_init_from(env, tmp_path) -> None:
     result = CliRunner().invoke(app, ["train", *sets, "--data", str(env["hidden"]), "--out", str(tmp_path / "o"),
                                       "--init-from", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no config.json" in " ".join(result.output.split()), result.output
+
+
+def test_a_sharded_checkpoint_loads_like_the_single_file(env, tmp_path) -> None:
+    """Large drafts are saved as `model-0000i-of-0000N.safetensors` + `model.safetensors.index.json`."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    src = env["root"] / "export-dspark"
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(src / "config.json", sharded / "config.json")
+    tensors = load_file(str(src / "model.safetensors"))
+    names = sorted(tensors)
+    parts = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in parts.items():
+        save_file({k: tensors[k] for k in keys}, str(sharded / file))
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in parts.items() for k in keys}}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    one = _trainer(_recipe(env), _opts(env, tmp_path / "a", init_from=src)).model.state_dict()
+    two = _trainer(_recipe(env), _opts(env, tmp_path / "b", init_from=sharded)).model.state_dict()
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
