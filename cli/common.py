@@ -62,6 +62,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def stopped(exc: Exception) -> NoReturn:
+    """A stage stopped on SIGTERM at a safe point: say so and exit 143 (128 + SIGTERM), as schedulers expect."""
+    from dspark_data.shutdown import EXIT_TERMINATED
+
+    console.print(f"[yellow]{exc}[/yellow]; rerun the same command to resume")
+    raise typer.Exit(EXIT_TERMINATED)
+
+
 def not_built(command: str, issue: int) -> NoReturn:
     """Report honestly that a stage has not been built yet, and exit 3 (the demo reports it as such)."""
     console.print(f"[yellow]dspark {command}: not built yet (tracked in issue #{issue}).[/yellow]")

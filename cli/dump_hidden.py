@@ -19,6 +19,7 @@ from cli.common import (
     need,
     resolve_recipe,
     stage_dir,
+    stopped,
 )
 
 
@@ -43,6 +44,7 @@ def dump_hidden(
     from dspark_data.capture import dump_hidden as run_dump
     from dspark_data.capture.spool import SpoolError
     from dspark_data.prompts.select import shard_from_env
+    from dspark_data.shutdown import StopRequested
     from dspark_data.store import StoreError
 
     sets = list(set_ or []) + ([f"capture.backend={backend}"] if backend is not None else [])
@@ -53,6 +55,8 @@ def dump_hidden(
         parts, index = shard_from_env(num_shards, shard_index)
         summary = run_dump(cfg, regen_dir, out_dir, limit=limit, dry_run=dry_run, console=console,
                            num_shards=parts, shard_index=index)
+    except StopRequested as exc:  # SIGTERM: everything committed stays; rerun the same command to resume
+        stopped(exc)
     except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights
         fail(str(exc))
     if dry_run:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir
+from cli.common import LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir, stopped
+from dspark_data.shutdown import StopRequested
 
 
 def regen(
@@ -52,6 +53,8 @@ def regen(
             overwrite=overwrite,
             progress=progress,
         )
+    except StopRequested as exc:  # SIGTERM: everything committed stays; rerun the same command to resume
+        stopped(exc)
     except (StoreError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     state = "cached (complete, same settings)" if summary.cached else f"{summary.tokens_per_s:.0f} generated tok/s"

@@ -30,6 +30,8 @@ def parser(prog: str = "python -m dspark_train") -> argparse.ArgumentParser:
                    "vocab beside --data, i.e. DATA/../vocab, when it was built from that data).")
     p.add_argument("--max-steps", type=int, default=None, help="Stop after N optimizer steps.")
     p.add_argument("--resume", action="store_true", help="Continue the checkpoint in --out even if settings changed.")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="Start from a speculators-format draft (an export, a DFlash export, a speculators checkpoint).")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available).")
     p.add_argument("--attention", choices=["sdpa", "flex"], default=None, help="Attention kernel (default by device).")
     p.add_argument("--synthetic", type=int, default=None, help="Train on N synthetic samples (smoke tests, bench).")

@@ -1,5 +1,5 @@
 """Where training figures go: the console (progress bar, log lines, a validation table), `metrics.jsonl`,
-and TensorBoard when it is installed and asked for. Only rank 0 writes; other ranks get a no-op logger.
+and the experiment trackers of `train.report_to` (trackers.py). Only rank 0 writes; other ranks get a no-op logger.
 
 `metrics.jsonl` holds one JSON object per line: `{"kind": "train"|"val", "step": N, ...figures}`. On
 resume the lines past the checkpoint's step (written by the interrupted run) are dropped, so the file
@@ -74,27 +74,20 @@ class TrainLogger:
         enabled: bool,
         total_steps: int,
         start_step: int = 0,
-        tensorboard: bool = False,
+        trackers: list[Any] | None = None,
         console: Console | None = None,
         progress: bool = True,
     ) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
         self.path = out_dir / "metrics.jsonl"
-        self._tb: Any = None
+        self._trackers: list[Any] = list(trackers or []) if enabled else []
         self._progress: Progress | None = None
         self._task: Any = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step)
-            except ImportError:
-                self.console.print("[yellow]tensorboard is not installed: logging to metrics.jsonl only[/yellow]")
         if progress and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]train"),
@@ -128,19 +121,17 @@ class TrainLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(_clean(record)) + "\n")
 
-    def _tb_scalars(self, prefix: str, step: int, metrics: dict[str, Any]) -> None:
-        if self._tb is None:
-            return
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+    def _mirror(self, kind: str, step: int, metrics: dict[str, Any]) -> None:
+        """The same record to every tracker, rounded as metrics.jsonl holds it."""
+        for tracker in self._trackers:
+            tracker.log(kind, step, _clean(metrics))
 
     def train(self, step: int, metrics: dict[str, float]) -> None:
         """A training log line: loss, lr, tokens/s, data-wait fraction..."""
         if not self.enabled:
             return
         self._write({"kind": "train", "step": step, **metrics})
-        self._tb_scalars("train", step, metrics)
+        self._mirror("train", step, metrics)
         info = (
             f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
             f"{metrics['tokens_per_s']:.0f} tok/s  data wait {100 * metrics['data_wait_frac']:.1f}%"
@@ -155,7 +146,7 @@ class TrainLogger:
         if not self.enabled:
             return
         self._write({"kind": "val", "step": step, **metrics})
-        self._tb_scalars("val", step, metrics)
+        self._mirror("val", step, metrics)
         self.console.print(format_val_table(step, metrics, block_drafts))
 
     def advance(self, step: int) -> None:
@@ -170,6 +161,6 @@ class TrainLogger:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []

@@ -4,7 +4,8 @@ The decision compares fingerprints, never file existence:
 - `plan fingerprint`: everything that changes the trained weights except how long to train (recipe
   seed, layers, vocab, model, loss, optimisation settings, the data and vocab fingerprints, the
   target, the world size). Logging and loader-speed knobs (`val_every`, `save_every`, `log_every`,
-  `num_workers`, `prefetch`, `tensorboard`) are left out: they do not change a single bit of the weights.
+  `num_workers`, `prefetch`, `report_to`, `preempt_grace_s`) are left out: they do not change a bit
+  of the weights.
 - `total_steps`: how long the plan trains.
 
 | checkpoint in the train dir                  | without --resume                  | with --resume            |
@@ -24,7 +25,8 @@ from typing import Any, Literal
 from schemas.base import fingerprint
 
 # Recipe fields that cannot change the weights: excluded from the plan fingerprint.
-NON_SEMANTIC_TRAIN = ("val_every", "save_every", "log_every", "num_workers", "prefetch", "tensorboard")
+NON_SEMANTIC_TRAIN = ("val_every", "save_every", "log_every", "num_workers", "prefetch", "report_to",
+                      "preempt_grace_s")
 # How long to train: compared as total_steps instead.
 LENGTH_TRAIN = ("epochs", "max_steps")
 

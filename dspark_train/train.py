@@ -14,13 +14,13 @@ has a default, `runs/<recipe>/train`.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dspark_data.shutdown import EXIT_TERMINATED, GracefulStop, run_forwarding_signals
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
 from dspark_train.data.checks import DataMismatch
 from dspark_train.data.stream_source import StreamError, stream_overrides
@@ -28,6 +28,7 @@ from dspark_train.flags import parser
 from dspark_train.parallelize import destroy_distributed
 from dspark_train.resume import RunConflict
 from dspark_train.trainer import Trainer, TrainOptions
+from dspark_train.warm_start import InitFromError
 from schemas.loading import RecipeError, load_recipe
 from schemas.recipe import Recipe
 from schemas.store import Manifest, VocabManifest
@@ -73,7 +74,9 @@ def run(recipe: Recipe, opts: TrainOptions) -> dict[str, Any]:
     """
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        return Trainer(recipe, opts).train()
+        # SIGTERM from here on (setup included) is a request: finish the step, checkpoint, exit (preempt.py).
+        with GracefulStop("dspark train", grace_s=recipe.train.preempt_grace_s or None) as stop:
+            return Trainer(recipe, opts, stop=stop).train()
     finally:
         torch.use_deterministic_algorithms(deterministic)
         destroy_distributed()
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m dspark_train") ->
         return 2
     if args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         env = {**os.environ, "DSPARK_STREAM_TOKEN": args.token} if args.token else None
-        return subprocess.run(torchrun_argv(argv, args.nproc_per_node), check=False, env=env).returncode
+        # SIGTERM reaches torchrun, which stops its ranks (each checkpoints and exits: preempt.py)
+        return run_forwarding_signals(torchrun_argv(argv, args.nproc_per_node), env)
     opts = default_options(
         recipe,
         out_dir=args.out,
@@ -147,13 +151,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m dspark_train") ->
         stop_after=args.stop_after,
         progress=not args.no_progress,
         skip_samples=split_ids(args.skip_samples),
+        init_from=args.init_from,
         **stream,
     )
     try:
         summary = run(recipe, opts)
-    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError) as exc:
+    except (DataMismatch, RunConflict, CheckpointMismatch, CheckpointWriteError, FileNotFoundError, StreamError,
+            InitFromError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if summary.get("preempted"):  # checkpoint written; 143 tells the scheduler the job was ended by SIGTERM
+        return EXIT_TERMINATED
     if "steps" in summary and int(os.environ.get("RANK", "0")) == 0:
         state = "reused (cached)" if summary.get("cached") else "trained"
         length = summary.get("val_mean_accepted_length")

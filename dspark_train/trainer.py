@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from torch import nn
 
 from dspark_data.seeding import derive_seed
+from dspark_data.shutdown import GracefulStop
 from dspark_data.store.files import atomic_write_bytes
 from dspark_data.targets.weights import TargetHead, target_probs_and_greedy
 from dspark_train.checkpoint import Checkpointer
@@ -34,8 +36,11 @@ from dspark_train.metrics import DraftMetrics
 from dspark_train.model.config import DraftConfig
 from dspark_train.model.draft import DSparkDraft
 from dspark_train.parallelize import DistInfo, all_reduce_sum, init_distributed, parallelize
+from dspark_train.preempt import PREEMPTED_MESSAGE, agree_to_stop, gather_window, restore_window
 from dspark_train.resume import Decision, decide, differences, plan_dict, plan_fingerprint
 from dspark_train.schedule import LRSchedule, ScheduleConfig
+from dspark_train.trackers import open_trackers
+from dspark_train.warm_start import InitSource, load_into, read_source
 from schemas.recipe import Recipe
 
 
@@ -55,6 +60,7 @@ class TrainOptions:
     stop_after: int | None = None  # tests: stop after this step as if killed (no final checkpoint)
     progress: bool = True  # rich progress bar when the console is a terminal
     skip_samples: tuple[str, ...] = ()  # sample ids to leave out (damaged ones that `dspark verify` named)
+    init_from: Path | None = None  # start from this speculators-format draft (warm_start.py), fresh optimizer
 
 
 class Trainer:
@@ -92,8 +98,11 @@ class Trainer:
     last_val: dict[str, float] | None
     notes: list[str]  # resume decisions worth printing once the logger exists
 
-    def __init__(self, recipe: Recipe, opts: TrainOptions) -> None:
+    def __init__(self, recipe: Recipe, opts: TrainOptions, stop: GracefulStop | None = None) -> None:
+        """`stop`: the caller's entered GracefulStop (train.run); SIGTERM then ends the loop at a step boundary
+        with a checkpoint. Without one (a library caller) SIGTERM keeps its default action."""
         self.recipe, self.opts = recipe, opts
+        self.stop = stop or GracefulStop("dspark train")  # not entered: never requested
         t = recipe.train
         # Distributed first: rank and world size decide the data partition and who writes files.
         self.dist = init_distributed(opts.device)
@@ -136,6 +145,10 @@ class Trainer:
             target=self.inputs.target_fingerprint(),
             world_size=self.dist.world_size,
         )
+        # Warm start: the starting weights change the result, so their hash is part of the plan.
+        self.init_source: InitSource | None = read_source(opts.init_from) if opts.init_from else None
+        if self.init_source is not None:
+            self.plan["init_from"] = {k: v for k, v in self.init_source.record().items() if k != "path"}
         self.checkpointer = Checkpointer(opts.out_dir, rank=self.dist.rank, world_size=self.dist.world_size)
         latest = self.checkpointer.latest()
         state = self.checkpointer.read_state(latest) if latest else None
@@ -145,6 +158,9 @@ class Trainer:
         self.step, self.tokens_seen = 0, 0
         self.untrained_val = self.last_val = None
         self.notes = [check.message for check in self.inputs.checks]
+        self._open_window: list[dict[str, Any]] | None = None
+        self._resumed_window: tuple[dict[str, torch.Tensor], int] = ({}, 0)
+        self.preempted = False
         self._checkpoint_state = state
         if self.decision.action == "cached":
             return
@@ -156,6 +172,11 @@ class Trainer:
         head = load_head(self.inputs.target_dir, self.device, recipe.target.revision)
         # Built on CPU (its RNG is the seeded one on every device), then moved.
         self.model = DSparkDraft(self.draft_config, head.embed, head.lm_head, self.inputs.vocab.t2d).to(self.device)
+        if self.init_source is not None and self.decision.action == "fresh":  # on resume the checkpoint wins
+            self.notes += load_into(self.model, self.init_source, self.draft_config, recipe.capture.aux_layers,
+                                    self.model.t2d)
+            self.notes.append(f"initialised from {self.init_source.path} ({self.init_source.fmt}, weights sha256 "
+                              f"{self.init_source.sha256[:12]}); optimizer and lr schedule start fresh")
         # Target head for the loss targets: final norm + lm_head only (drop the embedding: the draft has it).
         self.head = dataclasses.replace(head, embed=head.lm_head)
         self.loss_fn = DSparkLoss.from_config(recipe.loss)
@@ -177,7 +198,11 @@ class Trainer:
             enabled=self.dist.is_main,
             total_steps=self.total_steps,
             start_step=self.step,
-            tensorboard=t.tensorboard,
+            trackers=open_trackers(
+                t.report_to, opts.out_dir, run_name=f"{recipe.name}-{plan_fingerprint(self.plan)[:8]}",
+                fingerprint=plan_fingerprint(self.plan), config=recipe.model_dump(mode="json"),
+                start_step=self.step, warn=lambda m: self.notes.append(escape(m)),  # "[wandb]" is no markup
+            ) if self.dist.is_main else [],
             progress=opts.progress,
         )
         self.logger.message(f"[bold]{self.decision.message}[/bold] ({self._describe()})")
@@ -204,6 +229,7 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.untrained_val, self.last_val = state.get("untrained_val"), state.get("last_val")
+        self._resumed_window = restore_window(state.get("window"), self.dist.rank)
         self.schedule.load_state_dict(state["schedule"])
         if int(state.get("total_steps", self.total_steps)) != self.total_steps:
             self.notes.append(f"lr schedule recomputed for {self.total_steps} steps (was {state['total_steps']})")
@@ -230,6 +256,8 @@ class Trainer:
             "target_dir": self.inputs.target_dir,
             "untrained_val": self.untrained_val,
             "last_val": self.last_val,
+            "window": self._open_window,  # every rank's log sums since the last train record (preempt.py)
+            "init_from": self.init_source.record() if self.init_source is not None else None,
         }
 
     def save(self, final: bool = False) -> Path:
@@ -330,8 +358,8 @@ class Trainer:
         if self.step == 0 and self.val_indices:
             self.untrained_val = self.validate()  # the untrained draft's figures: the bar training must clear
             self.logger.val(0, self.untrained_val, self.draft_config.num_draft_tokens)
-        window = {"start": time.perf_counter(), "wait": self.loader.wait_s, "steps": 0}
-        running: dict[str, torch.Tensor] = {}
+        running, open_steps = self._resumed_window
+        window = {"start": time.perf_counter(), "wait": self.loader.wait_s, "steps": open_steps}
         pending_tokens = 0.0
         self.train_seconds, wait_total, start = 0.0, 0.0, time.perf_counter()
         self.model.train()
@@ -349,11 +377,18 @@ class Trainer:
                 if (self.step % t.val_every == 0 or last) and self.val_indices:
                     self.last_val = self.validate()
                     self.logger.val(self.step, self.last_val, self.draft_config.num_draft_tokens)
-                if self.step % t.save_every == 0 or last:
+                preempt = agree_to_stop(self.stop.requested, self.device) and not last  # every rank, same step
+                if self.step % t.save_every == 0 or last or preempt:
                     self.tokens_seen += int(all_reduce_sum(torch.tensor([pending_tokens]))[0])
                     pending_tokens = 0.0
-                    self.save(final=last)
+                    self._open_window = gather_window(running, int(window["steps"]), self.device)
+                    saved = self.save(final=last)
                 self.logger.advance(self.step)
+                if preempt:
+                    self.preempted = True
+                    self.logger.message(PREEMPTED_MESSAGE.format(step=self.step, total=self.total_steps,
+                                                                 checkpoint=saved))
+                    break
                 if self.opts.stop_after is not None and self.step >= self.opts.stop_after and not last:
                     return {"stopped_at": self.step}
         finally:
@@ -396,7 +431,10 @@ class Trainer:
             "tokens": self.tokens_seen,
             "fingerprint": plan_fingerprint(self.plan),
             "checkpoint": str(self.checkpointer.latest() or ""),
+            "preempted": self.preempted,
         }
+        if self.init_source is not None:
+            summary["init_from"] = self.init_source.record()
         if not cached:
             summary["train_seconds"] = round(self.train_seconds, 2)
             summary["data_wait_frac"] = round(self.data_wait_frac, 4)

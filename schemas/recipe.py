@@ -165,7 +165,18 @@ class TrainConfig(StrictModel):
     prefetch: int = Field(4, ge=1, description="Batches decoded ahead.")
     fsdp: bool = Field(False, description="FSDP2 instead of DDP.")
     autocast: Literal["auto", "bf16", "none"] = Field("auto", description="auto: bf16 on GPU, none on CPU.")
-    tensorboard: bool = Field(False)
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers fed alongside metrics.jsonl (each an optional extra: "
+        "pip install 'dspark[tensorboard]' / 'dspark[wandb]'); a missing one is named and skipped.",
+    )
+    preempt_grace_s: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM: finish the step, checkpoint and exit within this many seconds, else exit "
+        "anyway (the last complete checkpoint stays). Keep it under the scheduler's SIGTERM-to-SIGKILL wait "
+        "(SLURM KillWait, Kubernetes terminationGracePeriodSeconds, torchrun's 30 s). 0: no deadline.",
+    )
 
 
 class EvalConfig(StrictModel):

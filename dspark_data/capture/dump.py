@@ -34,6 +34,7 @@ from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_i
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
 from dspark_data.capture.vllm_limits import check_in_process_layout
+from dspark_data.shutdown import GracefulStop, check_stop, stop_requested
 from dspark_data.store import HiddenStateWriter
 from dspark_data.store.files import atomic_write_bytes
 from dspark_data.store.parts import open_any
@@ -108,7 +109,8 @@ def dump_hidden(
                          **assigned_record([regen.ids[i] for i in selected])},
         shard_bytes=capture.shard_bytes,
     )
-    with writer:
+    # SIGTERM: commit what the engine returned, close the engine, exit (dspark_data/shutdown.py).
+    with GracefulStop("dump-hidden"), writer:
         done = writer.committed_ids | writer.error_ids
         todo = [i for i in selected if regen.ids[i] not in done]
         cached = not todo and writer.complete
@@ -120,6 +122,7 @@ def dump_hidden(
             )
             engine = open_backend(backend_name, model_path, plan, options)
             try:
+                check_stop("dump-hidden", "before the first sample; nothing new was written")
                 samples = _samples(regen, todo, recipe.seq_len, info.vocab_size)
                 stats = _capture_into(engine, writer, plan, samples, len(todo), capture.batch_size, console)
             finally:
@@ -187,9 +190,10 @@ def _capture_into(
                 writer.record_error(sample.id, rejection.reason, rejection.detail)
                 stats["errors"] += 1
             since_commit += 1
-            if since_commit >= commit_every:
+            if since_commit >= commit_every or stop_requested():
                 writer.commit()
                 since_commit = 0
+            check_stop("dump-hidden", f"{stats['samples']} samples captured this run, all committed")
             stats["capture_seconds"] = time.monotonic() - started
             progress.update(task, advance=1, tokens_per_s=stats["tokens"] / max(stats["capture_seconds"], 1e-9))
     return stats

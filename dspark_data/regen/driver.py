@@ -17,6 +17,7 @@ from dspark_data.prompts.normalize import Prompt, Rejection
 from dspark_data.regen.backends import Backend
 from dspark_data.regen.conversation import Conversation, RegenContext, TurnFailure, TurnRequest
 from dspark_data.regen.progress import RegenProgress, RunStats
+from dspark_data.shutdown import check_stop
 from schemas.regen import RegenRecord, record_to_row
 
 
@@ -57,6 +58,7 @@ class RegenDriver:
             while todo and (self._open_prompts < self.window or not self._open):
                 self._open_group(todo.popleft())
             self._commit_ready()
+            check_stop("regen", "every finished group is committed; the turns in flight are discarded")
             if not self._open:
                 continue
             results = self.backend.poll()

@@ -29,6 +29,7 @@ from dspark_data.regen.progress import RegenProgress, RunStats
 from dspark_data.regen.reasoning import ReasoningSplitter
 from dspark_data.regen.sampling import check_engine_defaults, resolve_sampling, target_generation_defaults
 from dspark_data.regen.summary import dataset_totals, write_summary
+from dspark_data.shutdown import GracefulStop
 from dspark_data.store import ShardWriter, load_manifest
 from dspark_data.store.manifest import StoreError
 from schemas.base import fingerprint as fingerprint_hash
@@ -138,6 +139,8 @@ def run_regen(
     }
     stats = RunStats()
     backend: Any = None
+    # SIGTERM: the driver stops after its next commit, the turns in flight are discarded, the engine closed.
+    stop = GracefulStop("regen").__enter__()
     try:
         if _anything_left(out, plan, fingerprint_hash(fp), overwrite):
             # Start the engine before opening the writer: vLLM forks its engine processes, and a fork
@@ -169,6 +172,7 @@ def run_regen(
             writer.abort()
             raise
     finally:
+        stop.__exit__(None, None, None)
         if backend is not None:
             backend.close()
     return write_summary(
