@@ -51,9 +51,3 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print a one-line error (what went wrong and how to fix it) and exit."""
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
-
-
-def not_built(command: str, issue: int) -> NoReturn:
-    """Report honestly that a stage has not been built yet, and exit 3 (the demo reports it as such)."""
-    console.print(f"[yellow]dspark {command}: not built yet (tracked in issue #{issue}).[/yellow]")
-    raise typer.Exit(3)

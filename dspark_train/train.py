@@ -4,7 +4,7 @@
     torchrun --nproc-per-node 2 -m dspark_train --recipe tiny        # every rank runs this module
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m dspark_train -r R
 
-Flags mirror `dspark train` (which calls `run` directly, or launches torchrun for `--nproc-per-node`).
+`dspark train` calls `run` in-process, or launches this module under torchrun for `--nproc-per-node`.
 Defaults follow the run layout: data `runs/<recipe>/hidden`, vocab `runs/<recipe>/vocab/vocab.safetensors`,
 output `runs/<recipe>/train`.
 """
