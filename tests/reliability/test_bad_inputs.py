@@ -29,7 +29,15 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dspark_data.store import ShardWriter, open_dataset, verify
-from reliability.data import REGEN_SCHEMA, dump_sets, regen_sets, train_sets, with_sets, write_hidden
+from reliability.data import (
+    REGEN_SCHEMA,
+    dump_sets,
+    regen_sets,
+    train_sets,
+    with_sets,
+    write_hidden,
+    write_vocab_manifest,
+)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 DEAD = "http://127.0.0.1:9"  # regen cases that must fail before contacting any server
@@ -77,6 +85,7 @@ def ctx(tiny_random_target: str, regen_data: Path, hidden_data: Path, tmp_path_f
     vocab = root / "vocab_other" / "vocab.safetensors"
     vocab.parent.mkdir()
     save_file({"t2d": t2d, "d2t": torch.zeros(2048, dtype=torch.long)}, str(vocab))
+    write_vocab_manifest(vocab)
     from dspark_train.data import SyntheticHiddenSource
 
     other = root / "hidden_other_vocab"
