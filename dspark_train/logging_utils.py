@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from dspark_data.progress import Progress
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +84,6 @@ class TrainLogger:
         self.path = out_dir / "metrics.jsonl"
         self._tb: Any = None
         self._progress: Progress | None = None
-        self._task: Any = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,18 +95,8 @@ class TrainLogger:
                 self._tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step)
             except ImportError:
                 self.console.print("[yellow]tensorboard is not installed: logging to metrics.jsonl only[/yellow]")
-        if progress and self.console.is_terminal:
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
-            self._progress.start()
+        # a bar on a terminal; elsewhere a plain line every few seconds (dspark_data.progress)
+        self._progress = Progress("train", total_steps, done=start_step, enabled=progress, console=self.console)
 
     def _truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (left by an interrupted run) and a torn last line, atomically."""
@@ -146,8 +136,8 @@ class TrainLogger:
             f"{metrics['tokens_per_s']:.0f} tok/s  data wait {100 * metrics['data_wait_frac']:.1f}%"
         )
         if self._progress is not None:
-            self._progress.update(self._task, info=info)
-        else:
+            self._progress.update(info=info)
+        if self._progress is None or not self._progress.is_bar:
             self.console.print(f"step {step:>6}  {info}")
 
     def val(self, step: int, metrics: dict[str, float], block_drafts: int) -> None:
@@ -160,7 +150,7 @@ class TrainLogger:
 
     def advance(self, step: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=step)
+            self._progress.update(completed=step)
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -168,7 +158,7 @@ class TrainLogger:
 
     def close(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.close()
             self._progress = None
         if self._tb is not None:
             self._tb.close()

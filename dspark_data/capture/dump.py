@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dspark_data.capture.backend import EngineOptions, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
+from dspark_data.progress import Progress
 from dspark_data.store import HiddenStateWriter, open_dataset
 from dspark_data.store.files import atomic_write_bytes
 from schemas.recipe import Recipe
@@ -163,8 +163,7 @@ def _capture_into(
 
     stats = {"samples": 0, "tokens": 0, "errors": 0, "capture_seconds": 0.0}
     since_commit = 0
-    with _progress(console) as progress:
-        task = progress.add_task("capture", total=total, tokens_per_s=0.0)
+    with Progress("capture", total, console=console) as progress:
         started = time.monotonic()
         for key, captured in engine.capture_iter(feed()):
             sample = by_id.pop(key)
@@ -182,20 +181,8 @@ def _capture_into(
                 writer.commit()
                 since_commit = 0
             stats["capture_seconds"] = time.monotonic() - started
-            progress.update(task, advance=1, tokens_per_s=stats["tokens"] / max(stats["capture_seconds"], 1e-9))
+            progress.update(advance=1, info=f"{stats['tokens'] / max(stats['capture_seconds'], 1e-9):,.0f} tok/s")
     return stats
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tokens_per_s]:,.0f} tok/s"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _summary(
