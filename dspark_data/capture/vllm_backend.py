@@ -28,6 +28,7 @@ from dspark_data.capture.backend import Captured, EngineOptions
 from dspark_data.capture.layers import LayerPlan, check_hidden_size
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
 from dspark_data.capture.vllm_limits import check_vllm_support
+from dspark_data.engine_reaper import start_reaper
 from dspark_data.targets import load_target_info
 from dspark_data.vllm_env import apply_cpu_defaults
 
@@ -103,6 +104,7 @@ class VllmCapture:
         except BaseException:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             raise
+        self._reaper = start_reaper()  # a SIGKILLed dump-hidden must not leave the engine running
         model_config = self.llm.llm_engine.model_config
         check_hidden_size(plan, int(model_config.get_hidden_size()), f"vLLM's model config of {model_path}")
         layers = int(model_config.get_total_num_hidden_layers())
@@ -163,7 +165,13 @@ class VllmCapture:
         llm = getattr(self, "llm", None)
         if llm is not None:
             engine_core = getattr(llm.llm_engine, "engine_core", None)
-            if engine_core is not None:
-                engine_core.shutdown()
+            try:
+                if engine_core is not None:
+                    engine_core.shutdown()
+            except BaseException:
+                self._reaper.fire()  # the engine did not stop cleanly: kill its processes
+                raise
+            else:
+                self._reaper.disarm()
             del self.llm
         shutil.rmtree(self.spool_dir, ignore_errors=True)

@@ -7,7 +7,7 @@ loop over `llm_engine.step()`; this backend runs the same two pieces itself, so 
 `LLM.chat` (all queued requests are scheduled together) while handing out each request as it
 finishes. The engine must be started in a `__main__`-guarded script (vLLM spawns processes). An engine
 this backend owns is shut down on close, and a reaper process kills it if this process is SIGKILLed
-(see reaper.py).
+(see dspark_data/engine_reaper.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dspark_data.regen.backends.reaper import start_reaper
+from dspark_data.engine_reaper import start_reaper
 from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,14 @@
-"""Make vLLM's engine processes die with the regen process, even when it is SIGKILLed.
+"""Make vLLM's engine processes die with the process that started them, even when it is SIGKILLed.
+
+Used by every in-process engine dspark starts: regen (`regen/backends/engine.py`) and capture
+(`capture/vllm_backend.py`).
 
 Why: vLLM 0.32's `EngineCore` process (and its workers) keep running when their client process is
 killed with SIGKILL (seen here: still alive minutes later), holding the engine's memory — on a GPU
-machine, the accelerator's. A killed-and-rerun regen would then start a second engine next to the
+machine, the accelerator's. A killed-and-rerun stage would then start a second engine next to the
 orphan. The reaper is a tiny separate process (standard library + psutil) started after the engine:
-it blocks reading a pipe from the regen process; when the pipe closes without a "disarm" message (the
-regen process died), it SIGKILLs the engine processes it was given, matched by pid *and* start time so
+it blocks reading a pipe from the client process; when the pipe closes without a "disarm" message (the
+client died), it SIGKILLs the engine processes it was given, matched by pid *and* start time so
 a recycled pid is never hit. vLLM's resource tracker is left alone: it exits by itself once the engine
 is gone, and cleans up shared memory on the way.
 """
@@ -95,9 +98,9 @@ def start_reaper() -> EngineReaper:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C to the regen process group must not kill the reaper first
+            start_new_session=True,  # a Ctrl-C to the client's process group must not kill the reaper first
         )
     except (ImportError, OSError) as exc:
-        log.warning("could not start the engine reaper (%s); a killed regen may leave vLLM processes", exc)
+        log.warning("could not start the engine reaper (%s); a killed run may leave vLLM processes", exc)
         return EngineReaper(None)
     return EngineReaper(proc)
