@@ -99,12 +99,13 @@ class VllmCapture:
         engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
         self.max_tokens = max(1, options.in_flight_bytes // engine_bytes)
         apply_cpu_defaults()
+        self._reaper = start_reaper()  # before the engine: a SIGKILLed dump-hidden must not leave it running
         try:
             self.llm = LLM(**engine_kwargs(model_path, plan, options, self.spool_dir))
         except BaseException:
+            self._reaper.fire()
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             raise
-        self._reaper = start_reaper()  # a SIGKILLed dump-hidden must not leave the engine running
         model_config = self.llm.llm_engine.model_config
         check_hidden_size(plan, int(model_config.get_hidden_size()), f"vLLM's model config of {model_path}")
         layers = int(model_config.get_total_num_hidden_layers())
