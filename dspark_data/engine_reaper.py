@@ -9,12 +9,17 @@ machine, the accelerator's. A killed-and-rerun stage would then start a second e
 orphan. The reaper is a tiny separate process (standard library + psutil), started *before* the
 engine (a kill during the engine's start-up, most of a short run's time, must not leak it either): it
 blocks reading a pipe from the client process; when the pipe closes without a "disarm" message (the
-client died), it SIGKILLs every process carrying its token in the environment variable
-`DSPARK_ENGINE_REAPER`. The client sets it from `start_reaper()` until `disarm()`/`fire()`, so every
-engine process and worker inherits it, however late it was spawned and whoever its parent is by then
-(orphans are re-parented, so the process tree is no guide after the kill), and nothing started before
-or after (a test's vLLM server, say) carries it. vLLM's resource tracker is left alone: it exits by
-itself once the engine is gone, and cleans up shared memory on the way.
+client died), it SIGKILLs
+- every process of the client's tree it recorded while the client lived (it looks every 0.5 s; pid and
+  start time must match, so a recycled pid is never hit), and their descendants: after the kill the
+  orphans are re-parented, so the tree cannot be read any more;
+- every process carrying its token in the environment variable `DSPARK_ENGINE_REAPER`, which the client
+  sets from `start_reaper()` until `disarm()`/`fire()`: a process spawned since the last look inherits
+  it. (Not enough alone: vLLM's `setproctitle("VLLM::EngineCore")` overwrites the environment block
+  that /proc shows; a campaign caught exactly that orphan.)
+Nothing the client started before `start_reaper()` or after `disarm()` (a test's vLLM server, say) is
+recorded or carries the token. vLLM's resource tracker is left alone: it exits by itself once the
+engine is gone, and cleans up shared memory on the way.
 """
 
 from __future__ import annotations
@@ -29,25 +34,53 @@ from typing import IO
 log = logging.getLogger(__name__)
 
 _REAPER = r"""
-import os, signal, sys
+import os, select, signal, sys
 import psutil
-token, client = sys.argv[1], int(sys.argv[2])
-message = sys.stdin.buffer.read()
+token, client, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+since = psutil.Process().create_time()  # the same clock as the others' (psutil's is not time.time())
+seen = {}
+def snapshot():
+    try:
+        for proc in psutil.Process(client).children(recursive=True):
+            started = proc.create_time()
+            if started > since and proc.pid != os.getpid():  # after start_reaper(): the engine's, not others
+                seen.setdefault(proc.pid, started)
+    except psutil.Error:
+        pass
+fd, message = sys.stdin.buffer.fileno(), b""
+while True:
+    if select.select([fd], [], [], interval)[0]:
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        message += chunk
+    else:
+        snapshot()
 if message != b"disarm":
-    victims = []
+    victims = {}
+    for pid, started in seen.items():
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - started) < 1e-3:
+                victims[pid] = proc
+                victims.update((c.pid, c) for c in proc.children(recursive=True))
+        except psutil.Error:
+            pass
     for proc in psutil.process_iter():
         try:
             if proc.pid not in (os.getpid(), client) and proc.environ().get("DSPARK_ENGINE_REAPER") == token:
-                victims.append(proc)
+                victims[proc.pid] = proc
         except psutil.Error:
             pass
-    for proc in victims:
+    for proc in victims.values():
         try:
             if "resource_tracker" not in " ".join(proc.cmdline()):
                 proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
 """
+
+SNAPSHOT_INTERVAL_S = 0.5  # how often the reaper records the client's process tree
 
 TOKEN_ENV = "DSPARK_ENGINE_REAPER"
 
@@ -95,7 +128,7 @@ def start_reaper() -> EngineReaper:
         token = f"{os.getpid()}-{secrets.token_hex(8)}"
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         proc = subprocess.Popen(
-            [sys.executable, "-c", _REAPER, token, str(os.getpid())],
+            [sys.executable, "-c", _REAPER, token, str(os.getpid()), str(SNAPSHOT_INTERVAL_S)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
