@@ -157,6 +157,7 @@ def _capture_into(
         for sample in samples:
             if sample.input_ids.numel() == 0:
                 writer.record_error(sample.id, "empty", "no tokens to capture")
+                progress.update(advance=1)  # done too: the bar reaches its total
                 continue
             by_id[sample.id] = sample
             yield sample.id, sample.input_ids.tolist()
