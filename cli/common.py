@@ -69,8 +69,3 @@ def stopped(exc: Exception) -> NoReturn:
     console.print(f"[yellow]{exc}[/yellow]; rerun the same command to resume")
     raise typer.Exit(EXIT_TERMINATED)
 
-
-def not_built(command: str, issue: int) -> NoReturn:
-    """Report honestly that a stage has not been built yet, and exit 3 (the demo reports it as such)."""
-    console.print(f"[yellow]dspark {command}: not built yet (tracked in issue #{issue}).[/yellow]")
-    raise typer.Exit(3)

@@ -2,7 +2,7 @@
 
 Each stage runs as its own `python -m cli <stage>` process (exactly what a user would type, and
 vLLM engines release their memory between stages). A stage that finds its previous output complete
-and unchanged says it is cached and returns at once. Stages not built yet are reported as such.
+and unchanged says it is cached and returns at once; the first stage that fails stops the demo.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 from rich.table import Table
 
 from cli.common import RecipeOpt, SeedOpt, SetOpt, console, resolve_recipe, stage_dir
-
-NOT_BUILT_EXIT = 3
 
 # (label, CLI words, stage directory whose summary.json holds the stage's figures, input flags: flag -> stage dir).
 # The demo names every input and output explicitly: no stage looks anything up in the working directory.
@@ -68,8 +66,6 @@ def demo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, seed: SeedOpt = None) 
         summary = _summary(run_root / directory)
         if code == 0:
             status = "cached (reused)" if summary.get("cached") else "ok"
-        elif code == NOT_BUILT_EXIT:
-            status = "not built yet"
         else:
             status = f"FAILED (exit {code})"
             failed = True

@@ -11,10 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.common import fail
-from dspark_data.regen.merge import find_parts, merge_check
-from dspark_data.store import StoreError
-from dspark_data.store import inspect as inspect_dataset
-from dspark_data.store import verify as verify_dataset
 
 DirArg = Annotated[Path, typer.Argument(help="A regen or hidden-state dataset directory.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
@@ -32,6 +28,8 @@ def _size(n: int | None) -> str:
 
 def _merge_check(directory: Path, json_: bool) -> None:
     """A parent of `part-*-of-*` folders (regen or dump-hidden --num-shards N): check the parts form one dataset."""
+    from dspark_data.regen.merge import find_parts, merge_check
+
     report = merge_check(find_parts(directory))
     if json_:
         typer.echo(json.dumps(report.to_dict(), indent=1))
@@ -52,6 +50,10 @@ def inspect(directory: DirArg, json_: JsonOpt = False) -> None:
     On a directory of regen parts (`part-00000-of-00004/`, ...) it merge-checks them instead: same
     settings, indices 0..N-1, disjoint ids, each part holding exactly the ids it was assigned.
     """
+    from dspark_data.regen.merge import find_parts
+    from dspark_data.store import StoreError
+    from dspark_data.store import inspect as inspect_dataset
+
     if find_parts(directory):
         _merge_check(directory, json_)
         return
@@ -99,6 +101,8 @@ def verify(directory: DirArg, json_: JsonOpt = False) -> None:
     """Recompute every checksum; report the shard and sample of any mismatch; exit non-zero on failure.
 
     On a parent of `part-*-of-*` folders: every part is verified, then the parts are merge-checked."""
+    from dspark_data.regen.merge import find_parts
+
     parts = find_parts(directory)
     if not parts:
         if not _verify_one(directory, json_):
@@ -115,6 +119,8 @@ def verify(directory: DirArg, json_: JsonOpt = False) -> None:
 
 def _verify_one(directory: Path, json_: bool) -> bool:
     """Verify one dataset directory and print its report; True when it passed."""
+    from dspark_data.store import verify as verify_dataset
+
     report = verify_dataset(directory)
     if json_:
         typer.echo(json.dumps(report.to_dict(), indent=1))

@@ -7,8 +7,6 @@ from typing import Annotated
 import typer
 
 from cli.common import DataOpt, OutOpt, RecipeOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
-from dspark_data.store import StoreError
-from dspark_data.vocab import build_vocab
 
 
 def vocab(
@@ -19,6 +17,9 @@ def vocab(
     size: Annotated[int | None, typer.Option(help="Draft vocab size (default: recipe vocab.draft_vocab_size).")] = None,
 ) -> None:
     """Count loss-masked tokens, keep the top N (ties by lower id), write d2t/t2d."""
+    from dspark_data.store import StoreError
+    from dspark_data.vocab import build_vocab
+
     r = resolve_recipe(recipe, set_)
     data = need(data, "--data", "the hidden-state (or regen) dataset to count")
     out_dir = stage_dir(r, "vocab", out)

@@ -10,7 +10,8 @@ Layout of `<train dir>/checkpoints/step-000100/`:
                            the draft architecture
 - `recipe.json`            the resolved recipe the run was started with
 
-Atomicity: everything is written into `.tmp-step-000100/`, fsynced, then renamed to its final name; the
+Atomicity: everything is written into `.tmp-step-000100/`, fsynced, then published under its final name
+(`dspark_data.atomic_dir.publish_dir`: a re-saved step is swapped whole, never deleted first); the
 `latest` pointer file (the step directory's name) is replaced last. A run killed at any instant leaves
 either the previous `latest` or the new one, never a half-written checkpoint that `latest` names. Only
 safetensors and JSON are written, and nothing is unpickled on load.
@@ -36,7 +37,8 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dspark_data.store.files import atomic_write_bytes, fsync_dir
+from dspark_data.atomic_dir import backup_path, publish_dir, recover_dir
+from dspark_data.store.files import atomic_write_bytes
 
 LATEST = "latest"
 _TMP = ".tmp-"
@@ -134,6 +136,10 @@ class Checkpointer:
             raise CheckpointMismatch(f"{pointer} names {name!r}, not a step-NNNNNN directory of {self.dir}: "
                                      "fix or remove the pointer")
         path = self.dir / name
+        if self.rank == 0:
+            recover_dir(path)  # a re-save of this step killed between its renames: the old one comes back
+        elif not (path / "state.json").is_file() and (backup_path(path) / "state.json").is_file():
+            path = backup_path(path)  # the same, read-only, while rank 0 renames it back
         return path if (path / "state.json").is_file() else None
 
     @staticmethod
@@ -202,11 +208,7 @@ class Checkpointer:
             _write_json(tmp / "state.json", {**state, "step": step, "world_size": self.world_size})
         _barrier()
         if self.rank == 0:
-            fsync_dir(tmp)
-            if final.exists():  # the same step saved again (e.g. a resumed run's final save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_dir(self.dir)
+            publish_dir(tmp, final)  # the same step saved again (a resumed run's final save) replaces it whole
             atomic_write_bytes(self.dir / LATEST, (final.name + "\n").encode())
         _barrier()
         return final

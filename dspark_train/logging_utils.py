@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from dspark_data.progress import Progress
 
 
 def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -83,23 +84,12 @@ class TrainLogger:
         self.path = out_dir / "metrics.jsonl"
         self._trackers: list[Any] = list(trackers or []) if enabled else []
         self._progress: Progress | None = None
-        self._task: Any = None
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
-        if progress and self.console.is_terminal:
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-            )
-            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
-            self._progress.start()
+        # a bar on a terminal; elsewhere a plain line every few seconds (dspark_data.progress)
+        self._progress = Progress("train", total_steps, done=start_step, enabled=progress, console=self.console)
 
     def _truncate_after(self, step: int) -> None:
         """Drop records with step > `step` (left by an interrupted run) and a torn last line, atomically."""
@@ -137,8 +127,8 @@ class TrainLogger:
             f"{metrics['tokens_per_s']:.0f} tok/s  data wait {100 * metrics['data_wait_frac']:.1f}%"
         )
         if self._progress is not None:
-            self._progress.update(self._task, info=info)
-        else:
+            self._progress.update(info=info)
+        if self._progress is None or not self._progress.is_bar:
             self.console.print(f"step {step:>6}  {info}")
 
     def val(self, step: int, metrics: dict[str, float], block_drafts: int) -> None:
@@ -151,7 +141,7 @@ class TrainLogger:
 
     def advance(self, step: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=step)
+            self._progress.update(completed=step)
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -159,7 +149,7 @@ class TrainLogger:
 
     def close(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.close()
             self._progress = None
         for tracker in self._trackers:
             tracker.close()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dspark_train.model.draft import DraftOutput
+from schemas.recipe import LossConfig
 
 LOSS_TERMS = ("ce", "tv", "kl")
 
@@ -103,9 +104,9 @@ class DSparkLoss:
             raise ValueError(f"unknown loss terms {sorted(unknown)}; choose from {LOSS_TERMS}")
 
     @classmethod
-    def from_config(cls, cfg: object) -> DSparkLoss:
-        """`cfg`: schemas.recipe.LossConfig (weights, confidence_weight, gamma)."""
-        return cls(dict(cfg.weights), float(cfg.confidence_weight), float(cfg.gamma))  # type: ignore[attr-defined]
+    def from_config(cls, cfg: LossConfig) -> DSparkLoss:
+        """The recipe's `loss` section (weights, confidence_weight, gamma)."""
+        return cls(dict(cfg.weights), float(cfg.confidence_weight), float(cfg.gamma))
 
     def __call__(
         self,

@@ -88,8 +88,9 @@ def test_greedy_speculation_is_lossless(export_dir: Path, tiny_random_target: st
 class OracleDraft:
     """Proposes the target's true greedy continuation: every draft token is right."""
 
-    def __init__(self, continuation: list[int], prompt_len: int, vocab: int) -> None:
-        self.continuation, self.prompt_len = continuation, prompt_len
+    def __init__(self, continuation: list[int], prompt_len: int, vocab: int, correct: int = 99) -> None:
+        """`correct`: only the first `correct` tokens of each draft are right; the rest are wrong on purpose."""
+        self.continuation, self.prompt_len, self.correct = continuation, prompt_len, correct
         self.config = SimpleNamespace(target_vocab_size=vocab, draft_vocab_size=vocab)
         self.d2t = torch.zeros(vocab, dtype=torch.long)
         self._p = torch.nn.Parameter(torch.zeros(1))
@@ -100,6 +101,7 @@ class OracleDraft:
     def propose(self, context_hidden, anchor_ids, num_tokens, temperature, generator, context_lens=None):
         start = context_hidden.shape[1] - self.prompt_len + 1  # index of the token after the anchor
         toks = (self.continuation + [0] * 16)[start : start + num_tokens]
+        toks = [t if i < self.correct else (t + 1) % self.config.draft_vocab_size for i, t in enumerate(toks)]
         ids = torch.tensor([toks])
         logits = torch.full((1, num_tokens, self.config.draft_vocab_size), -30.0).scatter(2, ids[..., None], 30.0)
         return Proposal(ids, ids, logits, torch.softmax(logits, -1), torch.full((1, num_tokens), 0.9))
@@ -122,6 +124,24 @@ def test_oracle_draft_counts_every_position(tiny_random_target: str):
     cal = gen.calibration.to_json(has_confidence=True)
     assert cal["reached"] == [4] * 7 and cal["observed"] == [1.0] * 7
     assert cal["predicted"] == pytest.approx([0.9] * 7)
+
+
+def test_a_draft_right_on_three_of_seven_positions(tiny_random_target: str):
+    """A hand-built case with known acceptance: every draft's first 3 tokens are the target's greedy ones,
+    the 4th is wrong. Each step then emits 3 accepted + 1 target token, so 32 tokens after the prefill's
+    take 8 drafts, the per-position rates are exactly [1, 1, 1, 0, 0, 0, 0] and Avg Length is 4."""
+    target = HfTarget(tiny_random_target, [1, 3, 5], dtype="float32")
+    tok = AutoTokenizer.from_pretrained(tiny_random_target)
+    ids = chat_ids(tok, [{"role": "user", "content": "Reverse a string."}])
+    ref = AutoModelForCausalLM.from_pretrained(tiny_random_target, dtype=torch.float32).eval()
+    cont = ref.generate(torch.tensor([ids]), max_new_tokens=60, do_sample=False, eos_token_id=None,
+                        pad_token_id=0)[0, len(ids):].tolist()
+    gen = speculate(target, OracleDraft(cont, len(ids), 2048, correct=3), ids, k=7, max_new_tokens=33,
+                    params=SamplingParams(), eos_ids=set(), generator=torch.Generator().manual_seed(0))
+    assert gen.tokens == cont[:33]  # still lossless
+    assert gen.counts.num_drafts == 8 and gen.counts.accepted_per_pos == [8, 8, 8, 0, 0, 0, 0]
+    assert gen.counts.per_position() == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert gen.counts.avg_length() == 4.0
 
 
 def test_calibration_counts_reached_positions():
@@ -153,11 +173,16 @@ def test_cli_offline_eval_writes_tables(export_dir: Path, tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert "| Dataset | Pos 1 | Pos 2 | Pos 3 | Pos 4 | Pos 5 | Pos 6 | Pos 7 | Avg Length |" in result.output
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    for name in ("HumanEval", "math"):
-        for mode in ("greedy", "sampled"):
-            assert 1.0 <= summary[f"{name}_{mode}_avg_length"] <= 8.0
-            assert 0.0 <= summary[f"{name}_{mode}_pos7"] <= summary[f"{name}_{mode}_pos1"] <= 1.0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    for name in ("HumanEval", "math"):  # the summary's figures are the raw counters' ratios, recomputed here
+        for mode in ("greedy", "sampled"):
+            c = results[name][mode]["counts"]
+            drafts, accepted = c["num_drafts"], c["accepted_per_pos"]
+            assert drafts > 0 and c["num_draft_tokens"] == 7 * drafts and len(accepted) == 7
+            assert accepted == sorted(accepted, reverse=True)  # position i+1 accepted only after position i
+            for j in range(1, 8):
+                assert summary[f"{name}_{mode}_pos{j}"] == round(accepted[j - 1] / drafts, 4)
+            assert summary[f"{name}_{mode}_avg_length"] == round(1 + sum(accepted) / drafts, 4)
     assert set(results["math"]["sampled"]["calibration"]) >= {"predicted", "observed", "analytic", "bins"}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "eval offline (cached)" in again.output, again.output

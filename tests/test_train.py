@@ -161,6 +161,27 @@ def test_refuses_mismatched_data(data, tmp_path) -> None:
         run(_recipe(data, "vocab.draft_vocab_size=512"), _opts(data, tmp_path / "v"))
 
 
+def test_refuses_a_vocab_changed_after_dspark_vocab(data, tmp_path) -> None:
+    """The vocab file is checked against the sha256 in its vocab.json: one flipped byte, or a file without
+    its vocab.json, is refused naming the file; the untouched copy trains."""
+    import shutil
+
+    vocab_dir = shutil.copytree(data["vocab"].parent, tmp_path / "vocab")
+    blob = bytearray((vocab_dir / "vocab.safetensors").read_bytes())
+    blob[-1] ^= 0x01  # the last byte of the counts tensor: still a valid safetensors file
+    (vocab_dir / "vocab.safetensors").write_bytes(bytes(blob))
+    tampered = TrainOptions(out_dir=tmp_path / "t", data_dir=data["hidden"], vocab_path=vocab_dir / "vocab.safetensors")
+    with pytest.raises(DataMismatch, match=r"vocab\.safetensors: sha256 .* does not match .*vocab\.json"):
+        run(_recipe(data), tampered)
+    assert not (tmp_path / "t" / "checkpoints").exists()
+    (vocab_dir / "vocab.json").unlink()
+    with pytest.raises(DataMismatch, match=r"vocab\.safetensors: no vocab\.json beside it"):
+        run(_recipe(data), tampered)
+    from dspark_train.data.checks import load_vocab
+
+    assert load_vocab(data["vocab"], target_vocab_size=2048, draft_vocab_size=256).t2d.sum() == 256
+
+
 def test_checkpoint_layout_and_world_size_check(data, tmp_path) -> None:
     out = tmp_path / "run"
     run(_recipe(data), _opts(data, out, max_steps=3))

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dspark_data.capture.backend import engine_options, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
@@ -34,6 +33,7 @@ from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_i
 from dspark_data.capture.projection import print_dry_run
 from dspark_data.capture.validate import check_capture
 from dspark_data.capture.vllm_limits import check_in_process_layout
+from dspark_data.progress import Progress
 from dspark_data.shutdown import GracefulStop, check_stop, stop_requested
 from dspark_data.store import HiddenStateWriter
 from dspark_data.store.files import atomic_write_bytes
@@ -169,14 +169,14 @@ def _capture_into(
         for sample in samples:
             if sample.input_ids.numel() == 0:
                 writer.record_error(sample.id, "empty", "no tokens to capture")
+                progress.update(advance=1)  # done too: the bar reaches its total
                 continue
             by_id[sample.id] = sample
             yield sample.id, sample.input_ids.tolist()
 
     stats = {"samples": 0, "tokens": 0, "errors": 0, "capture_seconds": 0.0}
     since_commit = 0
-    with _progress(console) as progress:
-        task = progress.add_task("capture", total=total, tokens_per_s=0.0)
+    with Progress("capture", total, console=console) as progress:
         started = time.monotonic()
         for key, captured in engine.capture_iter(feed()):
             sample = by_id.pop(key)
@@ -195,20 +195,8 @@ def _capture_into(
                 since_commit = 0
             check_stop("dump-hidden", f"{stats['samples']} samples captured this run, all committed")
             stats["capture_seconds"] = time.monotonic() - started
-            progress.update(task, advance=1, tokens_per_s=stats["tokens"] / max(stats["capture_seconds"], 1e-9))
+            progress.update(advance=1, info=f"{stats['tokens'] / max(stats['capture_seconds'], 1e-9):,.0f} tok/s")
     return stats
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tokens_per_s]:,.0f} tok/s"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
 
 
 def _summary(

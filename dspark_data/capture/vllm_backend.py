@@ -28,6 +28,7 @@ from dspark_data.capture.backend import Captured, EngineOptions
 from dspark_data.capture.layers import LayerPlan, check_hidden_size
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
 from dspark_data.capture.vllm_limits import check_in_process_layout, check_vllm_support
+from dspark_data.engine_reaper import start_reaper
 from dspark_data.targets import load_target_info
 from dspark_data.vllm_env import apply_cpu_defaults
 
@@ -101,9 +102,11 @@ class VllmCapture:
         engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
         self.max_tokens = max(1, options.in_flight_bytes // engine_bytes)
         apply_cpu_defaults(options.tensor_parallel_size * options.data_parallel_size)
+        self._reaper = start_reaper()  # before the engine: a SIGKILLed dump-hidden must not leave it running
         try:
             self.llm = LLM(**engine_kwargs(model_path, plan, options, self.spool_dir))
         except BaseException:
+            self._reaper.fire()
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             raise
         model_config = self.llm.llm_engine.model_config
@@ -166,7 +169,13 @@ class VllmCapture:
         llm = getattr(self, "llm", None)
         if llm is not None:
             engine_core = getattr(llm.llm_engine, "engine_core", None)
-            if engine_core is not None:
-                engine_core.shutdown()
+            try:
+                if engine_core is not None:
+                    engine_core.shutdown()
+            except BaseException:
+                self._reaper.fire()  # the engine did not stop cleanly: kill its processes
+                raise
+            else:
+                self._reaper.disarm()
             del self.llm
         shutil.rmtree(self.spool_dir, ignore_errors=True)

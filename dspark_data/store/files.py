@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
+from dspark_data.atomic_dir import fsync_dir  # also imported from here by the store and trainer
+
 TMP_PREFIX = ".tmp-"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.(arrow|index\.arrow)$")
 LOCK_NAME = ".writer.lock"
@@ -31,20 +33,6 @@ def shard_name(n: int) -> str:
 def index_name(n: int) -> str:
     """Per-sample index file of shard n."""
     return f"shard-{n:05d}.index.arrow"
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable: fsync the directory entry (no-op where the OS refuses)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def fsync_file(f: IO[bytes]) -> None:

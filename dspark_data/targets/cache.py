@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dspark_data.atomic_dir import publish_dir
 from dspark_data.paths import cache_dir
 from schemas import fingerprint
 
@@ -66,9 +67,7 @@ def cached_build(name: str, spec: dict[str, Any], build: Callable[[Path], dict[s
             record["build_seconds"] = round(time.monotonic() - start, 2)
             _write_json(tmp / BUILD_RECORD, record)
             _share(tmp)
-            if final.exists():  # an incomplete entry from an older protocol: replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            publish_dir(tmp, final)  # an incomplete entry from an older protocol is replaced whole
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

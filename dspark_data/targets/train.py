@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dspark_data.progress import Progress
 from dspark_data.targets.conversations import conversations
 from dspark_data.targets.corpus import iter_stdlib_text, stdlib_functions
 
@@ -87,6 +88,7 @@ def _deterministic(threads: int) -> Iterator[None]:
 
 def train_tiny(model, tokenizer, params: dict[str, Any], log_every: int = 20) -> dict[str, Any]:
     """Train `model` in place (float32); returns the loss curve and throughput for build.json."""
+    bar = Progress("building tiny:trained (once, then cached)", params["steps"])  # minutes: show it is alive
     data = build_training_sequences(tokenizer, params)
     torch.manual_seed(params["seed"])
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -100,7 +102,7 @@ def train_tiny(model, tokenizer, params: dict[str, Any], log_every: int = 20) ->
     window: list[float] = []
     start = time.monotonic()
     model.train()
-    with _deterministic(params["threads"]):
+    with _deterministic(params["threads"]), bar:
         for step, batch in enumerate(_batches(data, params["batch_size"], params["steps"], params["seed"])):
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, params)
@@ -111,6 +113,7 @@ def train_tiny(model, tokenizer, params: dict[str, Any], log_every: int = 20) ->
             opt.step()
             opt.zero_grad(set_to_none=True)
             window.append(loss.item())  # host sync once per step; fine on CPU
+            bar.update(advance=1, info=f"loss {window[-1]:.3f}")
             if step == 0 or (step + 1) % log_every == 0 or step + 1 == params["steps"]:
                 curve.append([step + 1, round(sum(window) / len(window), 4)])
                 logger.info(

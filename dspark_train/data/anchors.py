@@ -1,6 +1,6 @@
 """Anchor positions: where draft blocks start, per document, per epoch.
 
-Slot semantics (docs/model.md, facts.md section 1): a block anchored at position `a` is
+Slot semantics (docs/model.md): a block anchored at position `a` is
 `[x_a, MASK x (block_size-1)]` at positions `a .. a+block_size-1`; it sees the target's context hidden
 states at positions `< a` only. With `sample_from_anchor=False` (vLLM's default), slot k = 1..B-1
 predicts token `x_{a+k}`, whose target distribution is the target's output at position `a+k-1`. With

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from dspark_train.data.source import HiddenSource
 
@@ -89,7 +89,8 @@ def load_vocab(path: Path | None, *, target_vocab_size: int, draft_vocab_size: i
         return DraftVocab(
             torch.ones(target_vocab_size, dtype=torch.bool), torch.zeros(target_vocab_size, dtype=torch.long), "full"
         )
-    tensors = load_file(str(path))
+    blob = _checked_vocab_bytes(Path(path))
+    tensors = load(blob)
     t2d, d2t = tensors["t2d"].bool(), tensors["d2t"].long()
     if t2d.numel() != target_vocab_size:
         raise DataMismatch(
@@ -104,5 +105,28 @@ def load_vocab(path: Path | None, *, target_vocab_size: int, draft_vocab_size: i
     expected = t2d.nonzero().squeeze(-1) - torch.arange(draft_vocab_size)
     if not torch.equal(expected, d2t):
         raise DataMismatch(f"draft vocab {path}: d2t does not agree with t2d (corrupt or foreign file)")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return DraftVocab(t2d, d2t, digest)
+    return DraftVocab(t2d, d2t, hashlib.sha256(blob).hexdigest()[:16])
+
+
+def _checked_vocab_bytes(path: Path) -> bytes:
+    """The vocab file's bytes, after checking them against the sha256 `dspark vocab` recorded in vocab.json.
+
+    A vocab is part of the training input like the shards are: a file changed after it was built (a bad
+    copy, an edit, bit rot) would train a draft over the wrong ids without any other check noticing.
+    """
+    from schemas.store import VocabManifest
+
+    manifest_path = path.parent / "vocab.json"
+    if not manifest_path.is_file():
+        raise DataMismatch(f"draft vocab {path}: no vocab.json beside it (written by `dspark vocab` with its "
+                           "checksum): pass a directory `dspark vocab` wrote, or rebuild it")
+    try:
+        manifest = VocabManifest.model_validate_json(manifest_path.read_text())
+    except ValueError as exc:
+        raise DataMismatch(f"draft vocab manifest {manifest_path} is not valid: {exc}") from None
+    blob = path.read_bytes()
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != manifest.sha256:
+        raise DataMismatch(f"draft vocab {path}: sha256 {actual[:16]}... does not match {manifest.sha256[:16]}... "
+                           f"recorded in {manifest_path} (changed or damaged after `dspark vocab`): rebuild it")
+    return blob

@@ -34,7 +34,7 @@ class HiddenSample:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    """What the trainer checks a dataset against before training (see `trainer.check_data`)."""
+    """What the trainer checks a dataset against before training (`inputs.load_inputs`, `checks.check_hidden`)."""
 
     layer_ids: list[int]
     hidden_size: int

@@ -14,7 +14,6 @@ Reruns with the same checkpoint and options reuse the output (`"cached": true`).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dspark_data.store.files import fsync_dir
+from dspark_data.atomic_dir import publish_dir, recover_dir
 from dspark_data.targets import load_target_info, resolve_target
 from dspark_data.targets.weights import load_target_head
 from dspark_train.export.card import render_card
@@ -56,7 +55,7 @@ def _verifier_architectures(verifier: str, revision: str | None) -> list[str]:
 
 
 def _write_dir(out: Path, files: dict[str, bytes], tensors: dict[str, torch.Tensor]) -> None:
-    """Write everything into `.tmp-<name>` beside `out`, fsync, then swap it in."""
+    """Write everything into `.tmp-<name>` beside `out`, then publish it whole (old or new, never neither)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}"
@@ -65,14 +64,7 @@ def _write_dir(out: Path, files: dict[str, bytes], tensors: dict[str, torch.Tens
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     for name, data in files.items():
         (tmp / name).write_bytes(data)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
+    publish_dir(tmp, out)
 
 
 def export_tensors(
@@ -124,6 +116,7 @@ def export_draft(
     fp = fingerprint({"checkpoint": str(draft.path.resolve()), "plan": draft.state.get("plan_fingerprint"),
                       "step": draft.step, **options})
     out = Path(out)
+    recover_dir(out)  # an export killed half-way through replacing `out`: the previous one comes back
     previous = out / "summary.json"
     if previous.is_file() and (out / "model.safetensors").is_file():
         old = json.loads(previous.read_text())

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from dspark_data.atomic_dir import backup_path
 from dspark_train.model import DraftConfig, DSparkDraft
 
 LATEST = "latest"
@@ -31,6 +32,8 @@ def find_checkpoint(path: Path) -> Path:
         pointer = base / LATEST
         if pointer.is_file():
             step = base / pointer.read_text().strip()
+            if not (step / "state.json").is_file():  # a re-save of this step killed half-way (read-only here:
+                step = backup_path(step)  # the trainer's next start renames it back)
             if (step / "state.json").is_file():
                 return step
     raise FileNotFoundError(

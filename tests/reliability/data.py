@@ -64,6 +64,21 @@ def write_hidden(directory: Path, n: int, *, codec: str = "zstd-split", layer_id
     return directory
 
 
+def write_vocab_manifest(vocab_file: Path) -> Path:
+    """A `vocab.json` recording `vocab_file`'s sha256, for a hand-made vocab the trainer must get past its
+    checksum check to reach the check a test is about."""
+    import hashlib
+
+    from schemas.store import VocabManifest
+
+    manifest = VocabManifest(fingerprint={"test": "hand-made"}, fingerprint_hash="-", data_dir="-", data_kind="regen",
+                             draft_vocab_size=1, target_vocab_size=1, samples=0, tokens=0, coverage=0.0,
+                             sha256=hashlib.sha256(vocab_file.read_bytes()).hexdigest(), created_at="-")
+    path = vocab_file.parent / "vocab.json"
+    path.write_text(manifest.model_dump_json(indent=1))
+    return path
+
+
 def regen_sets(target: str, prompts: Path, endpoint: str) -> list[str]:
     """regen through the openai backend against one server; 4 prompts per commit group."""
     return [

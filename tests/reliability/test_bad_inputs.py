@@ -29,7 +29,15 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dspark_data.store import ShardWriter, open_dataset, verify
-from reliability.data import REGEN_SCHEMA, dump_sets, regen_sets, train_sets, with_sets, write_hidden
+from reliability.data import (
+    REGEN_SCHEMA,
+    dump_sets,
+    regen_sets,
+    train_sets,
+    with_sets,
+    write_hidden,
+    write_vocab_manifest,
+)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 DEAD = "http://127.0.0.1:9"  # regen cases that must fail before contacting any server
@@ -77,6 +85,7 @@ def ctx(tiny_random_target: str, regen_data: Path, hidden_data: Path, tmp_path_f
     vocab = root / "vocab_other" / "vocab.safetensors"
     vocab.parent.mkdir()
     save_file({"t2d": t2d, "d2t": torch.zeros(2048, dtype=torch.long)}, str(vocab))
+    write_vocab_manifest(vocab)
     from dspark_train.data import SyntheticHiddenSource
 
     other = root / "hidden_other_vocab"
@@ -275,3 +284,24 @@ def test_prompt_corpus_rows_are_counted_never_fatal(ctx, vllm_server, tmp_path, 
     }
     assert not list(tmp_path.rglob("passwd")) and not list(tmp_path.rglob("shadow"))
     assert verify(out).ok
+
+
+def test_regen_with_every_request_failing_exits_nonzero(tiny_random_target, tmp_path: Path) -> None:
+    """A dead endpoint: every prompt fails, and `dspark regen` says so with exit 1 (not a silent 0), naming
+    the reason and errors.jsonl; the errors are recorded, so nothing is lost and a rerun says the same."""
+    import socket
+
+    from reliability.data import write_prompts
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    sets = [*regen_sets(tiny_random_target, write_prompts(tmp_path / "prompts.jsonl", 4), dead),
+            "regen.max_retries=0", "regen.timeout_s=5"]
+    out = tmp_path / "regen"
+    for _ in range(2):
+        result = CliRunner().invoke(app, with_sets("regen", sets, "--out", str(out), "--no-progress"))
+        assert result.exit_code == 1, result.output
+        assert "every prompt failed" in result.output and "errors.jsonl" in result.output, result.output
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert sorted(e["reason"] for e in errors).count("connection_error") == 4, errors

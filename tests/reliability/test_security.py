@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from dspark_data.store import HiddenStateWriter, StoreError, load_manifest, open_dataset, open_hidden, verify
 from reliability import harness
-from reliability.data import write_hidden
+from reliability.data import write_hidden, write_vocab_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["cli", "dspark_data", "dspark_train", "schemas", "bench"]
@@ -207,6 +207,7 @@ def test_pickle_bomb_as_checkpoint_vocab_or_record_is_refused(tmp_path, tiny_ran
             ckpt.load(ckpt.latest(), model=model, optimizer=torch.optim.AdamW(model.parameters()))
         vocab = tmp_path / "vocab.safetensors"
         vocab.write_bytes(payload)
+        write_vocab_manifest(vocab)  # past the checksum check: the loader itself must refuse the pickle
         with pytest.raises((SafetensorError, ValueError, OSError)):
             load_vocab(vocab, target_vocab_size=2048, draft_vocab_size=1024)
         with pytest.raises(RecordError):

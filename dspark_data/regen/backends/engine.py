@@ -7,7 +7,7 @@ loop over `llm_engine.step()`; this backend runs the same two pieces itself, so 
 `LLM.chat` (all queued requests are scheduled together) while handing out each request as it
 finishes. The engine must be started in a `__main__`-guarded script (vLLM spawns processes). An engine
 this backend owns is shut down on close, and a reaper process kills it if this process is SIGKILLed
-(see reaper.py).
+(see dspark_data/engine_reaper.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dspark_data.regen.backends.reaper import start_reaper
+from dspark_data.engine_reaper import EngineReaper
 from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,13 @@ def _external_id(internal_id: str) -> str:
 class VllmEngineBackend:
     """Queue requests into a `vllm.LLM` and step it, returning requests as they finish."""
 
-    def __init__(self, llm: Any, owns_engine: bool = False):
+    def __init__(self, llm: Any, reaper: EngineReaper | None = None):
+        """`reaper`: given when this backend owns the engine (started it, `start_reaper()` first); closing
+        the backend then shuts the engine down."""
         from vllm import SamplingParams
 
-        self.llm, self.owns_engine = llm, owns_engine
-        self._reaper = start_reaper() if owns_engine else None
+        self.llm, self.owns_engine = llm, reaper is not None
+        self._reaper = reaper
         self._SamplingParams = SamplingParams
         self._pending: dict[str, tuple[str, TurnRequest]] = {}  # external id -> (internal id, request)
         self._failed: list[TurnFailure] = []
