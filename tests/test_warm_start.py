@@ -137,10 +137,10 @@ def test_cli_names_a_bad_init_from(env, tmp_path) -> None:
 
     from cli.main import app
 
-    base = [f"target.model={env['target']}", *SMALL, "vocab.draft_vocab_size=2048"]  # `dspark train` has no --vocab
+    base = [f"target.model={env['target']}", *SMALL, "vocab.draft_vocab_size=256"]
     sets = [x for item in base for x in ("--set", item)]
-    result = CliRunner().invoke(app, ["train", *sets, "--data", str(env["hidden"]), "--out", str(tmp_path / "o"),
-                                      "--init-from", str(tmp_path / "nowhere")])
+    result = CliRunner().invoke(app, ["train", *sets, "--data", str(env["hidden"]), "--vocab", str(env["vocab"]),
+                                      "--out", str(tmp_path / "o"), "--init-from", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no config.json" in " ".join(result.output.split()), result.output
 
 
