@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,8 @@ def dump_hidden(
     limit: LimitOpt = None,
     backend: Annotated[str | None, typer.Option(help="vllm (default) or hf (transformers reference).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print projected size and file count only.")] = False,
+    sample_from: Annotated[Path | None, typer.Option(help="--dry-run: take codec ratios from a small capture of "
+                                                          "this target (or a `dspark codecs --work` dir).")] = None,
 ) -> None:
     """Run the target over regenerated conversations and store aux + last-layer hidden states."""
     from dspark_data.capture import CaptureConfigError
@@ -29,8 +32,11 @@ def dump_hidden(
     sets = list(set_ or []) + ([f"capture.backend={backend}"] if backend is not None else [])
     cfg = resolve_recipe(recipe, sets, seed)
     out_dir = stage_dir(cfg, "hidden", out)
+    if sample_from is not None and not sample_from.is_dir():
+        fail(f"--sample-from {sample_from}: not a directory (give a hidden-state capture of this target)")
     try:
-        summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console)
+        summary = run_dump(cfg, stage_dir(cfg, "regen", data), out_dir, limit=limit, dry_run=dry_run, console=console,
+                           sample_from=sample_from)
     except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights
         fail(str(exc))
     if dry_run:

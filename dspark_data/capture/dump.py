@@ -57,12 +57,13 @@ def dump_hidden(
     dry_run: bool = False,
     *,
     console: Console | None = None,
+    sample_from: Path | None = None,
 ) -> dict[str, Any]:
     """Capture hidden states for the regen dataset at `data_dir` into `out_dir`; returns the summary."""
     console = console or Console(stderr=True)
     backend_name = backend or recipe.capture.backend
     if dry_run:
-        return print_dry_run(recipe, data_dir, limit, console)
+        return print_dry_run(recipe, data_dir, limit, console, [out_dir, *([sample_from] if sample_from else [])])
 
     from dspark_data.targets import load_target_info, resolve_target
 

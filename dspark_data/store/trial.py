@@ -137,13 +137,26 @@ def trial_codecs(source: HiddenDataset, names: Sequence[str], workdir: Path, *, 
     return out
 
 
-def measured_ratios(directory: Path) -> dict[str, float] | None:
-    """{codec: raw bf16 bytes / stored bytes} of an existing hidden dataset, or None if there is none.
-    Used by `dump-hidden --dry-run` on a partial output or a `--sample-from` capture."""
-    if not (directory / "manifest.json").is_file():
-        return None
-    ds = open_hidden(directory)
-    totals = ds.manifest.totals
-    if not totals.tokens or not totals.stored_bytes:
-        return None
-    return {ds.codec: totals.raw_bytes / totals.stored_bytes}
+def measured_ratios(directory: Path, layer_ids: Sequence[int] | None = None,
+                    hidden_size: int | None = None) -> dict[str, tuple[float, str]]:
+    """{codec: (raw bf16 bytes / all stored bytes, the dataset it was measured on)} of the hidden datasets at
+    `directory`: the directory itself (e.g. a partial `dump-hidden` output) and its sub-directories down to
+    two levels (a `dspark codecs --work` dir holds `codecs/<codec>/`). Datasets of another shape (layer ids,
+    hidden size) than given are skipped: their ratios are not this capture's. Used by `dump-hidden --dry-run`."""
+    found: dict[str, tuple[float, str]] = {}
+    candidates = [directory, *sorted(directory.glob("*")), *sorted(directory.glob("*/*"))] if directory.is_dir() else []
+    for d in candidates:
+        if not (d / "manifest.json").is_file():
+            continue
+        try:
+            ds = open_hidden(d)
+        except Exception:  # noqa: BLE001 - not a hidden dataset (regen, damaged): nothing measured there
+            continue
+        if layer_ids is not None and list(ds.layer_ids) != list(layer_ids):
+            continue
+        if hidden_size is not None and ds.hidden_size != hidden_size:
+            continue
+        totals = ds.manifest.totals
+        if totals.tokens and totals.stored_bytes and ds.codec not in found:
+            found[ds.codec] = (totals.raw_bytes / totals.stored_bytes, str(d))
+    return found
