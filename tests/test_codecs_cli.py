@@ -40,8 +40,8 @@ def test_codecs_command_table_is_consistent(capture) -> None:
     root = capture["root"]
     out = root / "codecs.json"
     res = _cli("codecs", "--data", str(root / "hidden"), "--recipe", "tiny",
-               "--set", f"target.model={capture['target']}", "--set", "seq_len=128", "--set", "model.num_layers=1", "--set", "train.batch_size=2",
-               "--set", "vocab.draft_vocab_size=2048",
+               "--set", f"target.model={capture['target']}", "--set", "seq_len=128", "--set", "model.num_layers=1",
+               "--set", "train.batch_size=2", "--set", "vocab.draft_vocab_size=2048",
                "--codecs", CODECS, "--samples", "10", "--train-steps", "2", "--dataset-samples", "1000",
                "--work", str(root / "work"), "--json", str(out), cwd=root)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
