@@ -13,11 +13,15 @@ heavy-tailed, 2,500 tokens x 6 layers x 6144).
 
     python bench/codecs.py --data runs/tiny/hidden --vocab runs/tiny/vocab      # an existing raw capture
     python bench/codecs.py --seeds 3 --steps 120 --codecs raw,fp8,int4-g32      # builds the data if no --data
+    python bench/codecs.py --data D --vocab V --topk-data T --topk-codecs raw,int4-g32-delta
+        # + rows "topk+<codec>": aux layers with <codec> and the target's top-K instead of the last layer
+        # (T: the same regen data captured with capture.include_last_layer=false, capture.topk_logprobs=K)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -118,6 +122,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     ap.add_argument("--eval-prompts", type=int, default=8, help="offline eval prompts per set (0: no eval)")
     ap.add_argument("--eval-tokens", type=int, default=64)
+    ap.add_argument("--topk-data", type=Path, help="the same samples captured with top-K instead of the last layer")
+    ap.add_argument("--topk-codecs", default="raw,int4-g32-delta", help="codecs of the aux layers with --topk-data")
     ap.add_argument("--no-glm", action="store_true", help="skip the GLM-5.2-sized decode timing")
     ap.add_argument("--work", type=Path, help="work directory (kept); default: a temporary one")
     ap.add_argument("--json", type=Path)
@@ -127,6 +133,12 @@ def main() -> int:
     data, vocab = (args.data, args.vocab) if args.data else build_data(work / "data", args.recipe)
     console.print(f"work {work}; data {data}; load {os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}")
     figs = trial_codecs(open_hidden(data), names, work / "codecs", samples=args.samples)
+    if args.topk_data:  # same samples: the ratio is against the raw dataset with the last layer
+        topk = trial_codecs(open_hidden(args.topk_data), [n.strip() for n in args.topk_codecs.split(",")],
+                            work / "codecs-topk", samples=args.samples)
+        raw_bpt = figs[0].bytes_per_token
+        figs += [dataclasses.replace(f, codec=f"topk+{f.codec}", exact=False, ratio=raw_bpt / f.bytes_per_token)
+                 for f in topk]
     by = {f.codec: f for f in figs}
     recipe = recipe_with_seed(args.recipe, args.sets)
     eval_kw = None

@@ -25,7 +25,7 @@ from dspark_data.store.hidden import HiddenDataset, HiddenStateWriter, open_hidd
 
 # the manifest fingerprint keys HiddenStateWriter sets itself; the rest is passed through as extra
 _OWN_KEYS = {"target", "target_revision", "layer_ids", "hidden_size", "seq_len", "codec", "zstd_level",
-             "regen_fingerprint"}
+             "regen_fingerprint", "topk_logprobs"}
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,23 @@ def one_torch_thread() -> Iterator[None]:
 
 def transcode(source: HiddenDataset, out: Path, codec: str, indices: Sequence[int], *, level: int = 1) -> Path:
     """Write samples `indices` of `source` into a new dataset at `out` with `codec` (same ids, tokens, layers
-    and fingerprint fields but the codec). Resumable like every store writer."""
+    and fingerprint fields but the codec). Resumable like every store writer. The codec applies to the
+    hidden-state planes only: whatever else a sample stores beside them (a top-K target distribution,
+    `manifest.topk_logprobs`) is copied as it is."""
     fp = source.manifest.fingerprint
+    topk_k = int(getattr(source.manifest, "topk_logprobs", None) or 0)
+    beside: dict[str, Any] = {"topk_logprobs": topk_k} if topk_k else {}
     with HiddenStateWriter(
         out, layer_ids=source.layer_ids, hidden_size=source.hidden_size, codec=codec,
         target=str(fp.get("target")), target_revision=fp.get("target_revision"), seq_len=int(fp.get("seq_len", 0)),
         regen_fingerprint=fp.get("regen_fingerprint"), zstd_level=level,
-        extra_fingerprint={k: v for k, v in fp.items() if k not in _OWN_KEYS}, threads=1,
+        extra_fingerprint={k: v for k, v in fp.items() if k not in _OWN_KEYS}, threads=1, **beside,
     ) as w:
         done = w.committed_ids
         for i in indices:
             s = source[i]
             if s.id not in done:
-                w.write(s.id, s.input_ids, s.loss_mask, s.hidden)
+                w.write(s.id, s.input_ids, s.loss_mask, s.hidden, **({"topk": s.topk} if topk_k else {}))
     return out
 
 
