@@ -116,3 +116,11 @@ def test_zero_groups_and_refusals() -> None:
         decode("int4-g32", payload, (4, 2, 65))
     with pytest.raises(ValueError):
         decode("int4-g32", payload[:-2], x.shape)
+
+
+def test_recipe_codec_names_are_the_registry() -> None:
+    from typing import get_args
+
+    from schemas.recipe import HiddenCodec
+
+    assert set(get_args(HiddenCodec)) == set(CODECS)
