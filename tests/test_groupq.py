@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dspark_data.store.codecs import CODECS, decode, encode
-from dspark_data.store.groupq import BY_NAME, SPECS, QuantPlanes, decode_deferred, dequantize
+from dspark_data.store.groupq import BY_NAME, SPECS, QuantPlanes, decode_deferred, dequantize, materialize
 
 GROUP_CODECS = [s.name for s in SPECS]
 
@@ -92,8 +92,9 @@ def test_deferred_decode_is_the_same_code_path(name: str) -> None:
     y = moved.dequantize()
     assert torch.equal(y.view(torch.int16), decode(name, payload, x.shape).view(torch.int16))
     assert torch.equal(dequantize(planes).view(torch.int16), y.view(torch.int16))
+    assert torch.equal(materialize(planes, "cpu").view(torch.int16), y.view(torch.int16))
     if torch.cuda.is_available():  # pragma: no cover - only where a GPU is lent
-        gpu = planes.to("cuda").dequantize().cpu()
+        gpu = materialize(planes, "cuda").cpu()
         assert torch.equal(gpu.view(torch.int16), y.view(torch.int16))
 
 
@@ -101,6 +102,7 @@ def test_deferred_decode_of_exact_codecs_is_the_tensor() -> None:
     x = _residual_stream(9, 2, 16)
     got = decode_deferred("zstd-split", encode("zstd-split", x), x.shape)
     assert isinstance(got, torch.Tensor) and torch.equal(got.view(torch.int16), x.view(torch.int16))
+    assert torch.equal(materialize(got, "cpu").view(torch.int16), x.view(torch.int16))
 
 
 def test_zero_groups_and_refusals() -> None:

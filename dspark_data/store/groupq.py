@@ -214,3 +214,12 @@ def decode_deferred(name: str, payload: bytes | memoryview, shape: Sequence[int]
     if spec is None:
         return base.decode(name, payload, shape, threads=threads)
     return unpack_planes(spec, payload, tuple(int(s) for s in shape), threads)
+
+
+def materialize(hidden: torch.Tensor | QuantPlanes, device: torch.device | str,
+                non_blocking: bool = False) -> torch.Tensor:
+    """bf16 [T, L, H] on `device` from what `decode_deferred` returned: planes travel as int8 codes + bf16
+    scales (~half the bytes of bf16 over PCIe for 4-6 bit codecs: one byte a value) and dequantise there."""
+    if isinstance(hidden, QuantPlanes):
+        return hidden.to(device, non_blocking=non_blocking).dequantize()
+    return hidden.to(device, non_blocking=non_blocking)
