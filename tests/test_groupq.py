@@ -31,10 +31,14 @@ def _bound(x: torch.Tensor, group: int, qmax: int, delta: bool) -> torch.Tensor:
     pad = (-h) % group
     xf = torch.nn.functional.pad(x.float(), (0, pad)).reshape(t, n, -1, group)
     step = xf.abs().amax(-1, keepdim=True) * ((1 + 2**-7) / qmax)
+    if delta:  # a group whose residual would pass 127 steps takes the step amax(residual) / 127
+        prev = torch.cat([torch.zeros_like(xf[:, :1]), xf[:, :-1]], dim=1)
+        resid_step = ((xf - prev).abs().amax(-1, keepdim=True) + step) * ((1 + 2**-6) / 127)
+        resid_step[:, :1] = 0
+        step = torch.maximum(step, resid_step)
     bound = 0.5 * step * (1 + 2**-8) + xf.abs() * 2**-8
     if delta:
-        prev = torch.cat([torch.zeros_like(xf[:, :1]), xf[:, :-1]], dim=1).abs()
-        bound = bound + (xf.abs() + prev + step) * 2**-8
+        bound = bound + (xf.abs() + prev.abs() + step) * 2**-8
     return bound.reshape(t, n, -1)[..., :h]
 
 
@@ -65,6 +69,23 @@ def test_fewer_bits_mean_smaller_payloads_and_larger_errors() -> None:
     assert rows["int4-g32"][0] > 3.4  # 4-bit codes + bf16 scales per 32 before entropy coding: 3.56x
     p64 = encode("int4-g64", x)
     assert len(p64) < len(encode("int4-g32", x))  # half the scales
+
+
+def test_prediction_never_clamps_a_much_smaller_layer() -> None:
+    """Layer 1 is 100x smaller than layer 0: its residual is ~100 x 31 of its own steps, past the int8
+    codes' +-127. The group takes the coarser step amax(residual) / 127 instead of clamping (a clamped
+    value would be off by ~the whole of layer 0)."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(16, 64, generator=g) * 10
+    x = torch.stack([a, torch.randn(16, 64, generator=g) * 0.1], dim=1).to(torch.bfloat16)
+    y = decode("int6-g32-delta", encode("int6-g32-delta", x), x.shape)
+    err = (y.float() - x.float()).abs()[:, 1].reshape(16, 2, 32)
+    resid = (x[:, 1].float() - x[:, 0].float()).abs().reshape(16, 2, 32).amax(-1, keepdim=True)
+    resid = resid + a.abs().reshape(16, 2, 32).amax(-1, keepdim=True) / 31  # vs layer 0's reconstruction
+    # half the coarser step, plus bf16 rounding of the residual's value and of the sum (the error model)
+    bound = resid / 127 * 0.5 * (1 + 2**-6) + (resid + x[:, 1].float().abs().reshape(16, 2, 32)) * 2**-8
+    assert bool((err <= bound).all()), float((err / bound).max())
+    assert float(err.max()) < 1.0 < float(a.abs().max()) / 4
 
 
 def test_prediction_across_layers_pays_on_a_residual_stream() -> None:

@@ -12,8 +12,8 @@ entropy changes (the aux layers share one residual stream).
 
 Error model (docs/formats/store.md): every value is reconstructed within half a step, `|x - x'| <= s/2`
 (plus bf16 rounding of the result, 2**-9 relative), i.e. an RMS error of `s / sqrt(12)` with
-`s = amax(group) / qmax`; a `-delta` residual beyond +-127 steps is clamped (counted by
-`test_groupq.py` as impossible for activations within 4x of their group amax across layers).
+`s = amax(group) / qmax`; with prediction, `s = max(amax(group) / qmax, amax(residual) / 127)`, so a
+residual never passes the int8 codes' +-127 (a rare group whose layers nearly cancel takes a coarser step).
 
 Decoding is split so a trainer on a GPU dequantises on the device: `unpack_planes` (CPU: zstd, bytes to
 int8 codes and bf16 scales) then `dequantize` (torch ops on whatever device the planes are on). The CPU
@@ -75,10 +75,10 @@ def _group_view(x: torch.Tensor, group: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], (h + pad) // group, group)
 
 
-def _scales_of(xb: torch.Tensor, spec: GroupSpec) -> torch.Tensor:
+def _scales_of(xb: torch.Tensor, group: int, qmax: int) -> torch.Tensor:
     """bf16 scales [.., NG] with amax / s <= qmax after rounding to bf16 (the factor covers its 2**-9 error)."""
-    amax = _group_view(xb, spec.group).abs().amax(dim=-1)
-    return (amax.clamp_min(1e-30) * ((1 + 2**-7) / spec.qmax)).to(torch.bfloat16)
+    amax = _group_view(xb, group).abs().amax(dim=-1)
+    return (amax.clamp_min(1e-30) * ((1 + 2**-7) / qmax)).to(torch.bfloat16)
 
 
 def _codes(value: torch.Tensor, scale: torch.Tensor, spec: GroupSpec) -> torch.Tensor:
@@ -124,7 +124,7 @@ def _encode(spec: GroupSpec, x: torch.Tensor, level: int, threads: int | None) -
     rows = max(1, _ENCODE_ROWS_VALUES // max(1, n_layers * h))
     for r in range(0, t, rows):  # token blocks keep float32 temporaries small at any sample size
         xb = x[r : r + rows].float()
-        sb = _scales_of(xb, spec)
+        sb = _scales_of(xb, spec.group, spec.qmax)
         scales[r : r + rows] = sb
         if not spec.delta:
             codes[:, r : r + rows] = _codes(xb, sb, spec).numpy().transpose(1, 0, 2)
@@ -132,6 +132,9 @@ def _encode(spec: GroupSpec, x: torch.Tensor, level: int, threads: int | None) -
         prev: torch.Tensor | None = None
         for layer in range(n_layers):
             target = xb[:, layer] if prev is None else xb[:, layer] - prev.float()
+            if prev is not None:  # a group whose residual would pass +-127 steps takes a coarser step: no clamping
+                sb[:, layer] = torch.maximum(sb[:, layer], _scales_of(target, spec.group, _CLAMP))
+                scales[r : r + rows, layer] = sb[:, layer]
             q = _codes(target, sb[:, layer], spec)
             codes[layer, r : r + rows] = q.numpy()
             v = _times_scale(q, sb[:, layer], spec.group)
