@@ -35,14 +35,24 @@ def eval_one(train_dir: Path, out_dir: Path, *, prompt_sets: Sequence[str], num_
              max_new_tokens: int) -> dict[str, float]:
     """Greedy offline eval Avg Length per prompt set of the run's exported draft (greedy: the same prompts
     decode the same way for every run, so only the draft differs)."""
+    import json
+
     from dspark_train.eval.offline import EvalOptions, run_offline_eval
     from dspark_train.export import export_draft
 
     export_dir = out_dir / "export"
     export_draft(train_dir, export_dir)
-    summary = run_offline_eval(EvalOptions(draft_dir=export_dir, out_dir=out_dir / "eval",
-                                           prompt_sets=list(prompt_sets), modes=["greedy"],
-                                           num_prompts=num_prompts, max_new_tokens=max_new_tokens, num_threads=1))
+    settings = {"prompt_sets": list(prompt_sets), "num_prompts": num_prompts, "max_new_tokens": max_new_tokens,
+                "export": json.loads((export_dir / "summary.json").read_text()).get("fingerprint")}
+    done = out_dir / "eval-settings.json"
+    if done.is_file() and json.loads(done.read_text()) == settings and (out_dir / "eval" / "summary.json").is_file():
+        summary = json.loads((out_dir / "eval" / "summary.json").read_text())  # same draft, same prompts: cached
+    else:
+        summary = run_offline_eval(EvalOptions(draft_dir=export_dir, out_dir=out_dir / "eval",
+                                               prompt_sets=list(prompt_sets), modes=["greedy"],
+                                               num_prompts=num_prompts, max_new_tokens=max_new_tokens,
+                                               num_threads=1))
+        done.write_text(json.dumps(settings))
     got = {k: float(v) for k, v in summary.items() if k.endswith("_greedy_avg_length")}
     got["eval_avg_length"] = sum(got.values()) / max(len(got), 1)
     return got
