@@ -13,7 +13,8 @@ entropy changes (the aux layers share one residual stream).
 Error model (docs/formats/store.md): every value is reconstructed within half a step, `|x - x'| <= s/2`
 (plus bf16 rounding of the result, 2**-9 relative), i.e. an RMS error of `s / sqrt(12)` with
 `s = amax(group) / qmax`; with prediction, `s = max(amax(group) / qmax, amax(residual) / 127)`, so a
-residual never passes the int8 codes' +-127 (a rare group whose layers nearly cancel takes a coarser step).
+residual never passes the int8 codes' +-127 (a group much smaller than the previous layer's, rare in a
+residual stream, takes a coarser step instead of clamping).
 
 Decoding is split so a trainer on a GPU dequantises on the device: `unpack_planes` (CPU: zstd, bytes to
 int8 codes and bf16 scales) then `dequantize` (torch ops on whatever device the planes are on). The CPU
