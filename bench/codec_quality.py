@@ -11,9 +11,9 @@ Paired: every codec is trained with the same seeds; validation anchors do not mo
 validation split is by id hash. A second table times decoding of one GLM-5.2-sized sample (synthetic
 heavy-tailed, 2,500 tokens x 6 layers x 6144).
 
-    python bench/codecs.py --data runs/tiny/hidden --vocab runs/tiny/vocab      # an existing raw capture
-    python bench/codecs.py --seeds 3 --steps 120 --codecs raw,fp8,int4-g32      # builds the data if no --data
-    python bench/codecs.py --data D --vocab V --topk-data T --topk-codecs raw,int4-g32-delta
+    python bench/codec_quality.py --data runs/tiny/hidden --vocab runs/tiny/vocab      # an existing raw capture
+    python bench/codec_quality.py --seeds 3 --steps 120 --codecs raw,fp8,int4-g32      # builds the data if no --data
+    python bench/codec_quality.py --data D --vocab V --topk-data T --topk-codecs raw,int4-g32-delta
         # + rows "topk+<codec>": aux layers with <codec> and the target's top-K instead of the last layer
         # (T: the same regen data captured with capture.include_last_layer=false, capture.topk_logprobs=K)
 """
