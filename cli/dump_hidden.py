@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,6 +39,8 @@ def dump_hidden(
     shard_index: Annotated[
         int | None, typer.Option(help="This machine's part, 0..N-1 (default: $RANK, $SLURM_PROCID or 0).")
     ] = None,
+    sample_from: Annotated[Path | None, typer.Option(help="--dry-run: take codec ratios from a small capture of "
+                                                          "this target (or a `dspark codecs --work` dir).")] = None,
 ) -> None:
     """Run the target over regenerated conversations and store aux + last-layer hidden states."""
     from dspark_data.capture import CaptureConfigError
@@ -51,10 +54,12 @@ def dump_hidden(
     cfg = resolve_recipe(recipe, sets, seed)
     regen_dir = need(data, "--data", "the regen dataset (`dspark regen --out`)")
     out_dir = stage_dir(cfg, "hidden", out)
+    if sample_from is not None and not sample_from.is_dir():
+        fail(f"--sample-from {sample_from}: not a directory (give a hidden-state capture of this target)")
     try:
         parts, index = shard_from_env(num_shards, shard_index)
         summary = run_dump(cfg, regen_dir, out_dir, limit=limit, dry_run=dry_run, console=console,
-                           num_shards=parts, shard_index=index)
+                           num_shards=parts, shard_index=index, sample_from=sample_from)
     except StopRequested as exc:  # SIGTERM: everything committed stays; rerun the same command to resume
         stopped(exc)
     except (CaptureConfigError, StoreError, SpoolError, OSError, ValueError) as exc:  # OSError: e.g. no weights

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli.codecs_cmd import codecs_
 from cli.config_cmd import config_app
 from cli.demo import demo
 from cli.dump_hidden import dump_hidden
@@ -33,5 +34,6 @@ app.command("inspect")(inspect)
 app.command("verify")(verify)
 app.command("report")(report)
 app.command("demo")(demo)
+app.command("codecs")(codecs_)
 app.command("serve-target")(serve_target)
 app.add_typer(config_app, name="config")

@@ -15,6 +15,13 @@ from schemas.base import StrictModel
 RECIPE_SCHEMA_VERSION = 1
 
 
+
+# The codec names of dspark_data/store/codecs.py's registry (tests/test_groupq.py checks they agree).
+HiddenCodec = Literal[
+    "raw", "zstd-split", "fp8", "int6-g32", "int5-g32", "int4-g32", "int4-g64", "int3-g32",
+    "int6-g32-delta", "int5-g32-delta", "int4-g32-delta",
+]
+
 class TargetConfig(StrictModel):
     model: str = Field(
         "tiny:trained",
@@ -97,7 +104,7 @@ class CaptureConfig(StrictModel):
     include_last_layer: bool = Field(
         True, description="Also store layer id N (last layer output before final norm) for the loss targets."
     )
-    codec: Literal["raw", "zstd-split", "fp8"] = Field("zstd-split", description="Hidden-state codec.")
+    codec: HiddenCodec = Field("zstd-split", description="Hidden-state codec (docs/formats/store.md).")
     zstd_level: int = Field(1, ge=1, le=22, description="zstd level for the compressed codecs.")
     shard_bytes: int = Field(1 << 30, ge=1 << 16, description="Roll over to a new shard past this size.")
     batch_size: int = Field(64, ge=1, description="Conversations per capture batch.")

@@ -21,6 +21,7 @@ from dspark_data.capture.layers import (
 from dspark_data.capture.projection import dry_run_plan, estimate_tokens, project
 from dspark_data.capture.spool import SpoolError, spool_path, take_record, write_error, write_record
 from dspark_data.capture.validate import check_capture
+from dspark_data.store import CODECS
 from schemas.loading import load_recipe
 
 # ---------------------------------------------------------------- layer plans
@@ -79,9 +80,9 @@ def test_seed_recipe_dry_run_projection(tmp_path):
     estimate = estimate_tokens(recipe, tmp_path / "no-regen-yet", limit=None)
     assert (estimate.samples, estimate.tokens, estimate.exact) == (50_000, 50_000 * 4096, False)
     by_codec = {p.codec: p for p in project(recipe, plan, estimate)}
-    assert set(by_codec) == {"raw", "zstd-split", "fp8"}
+    assert set(by_codec) == set(CODECS)
     assert by_codec["raw"].raw_bytes == 50_000 * 4096 * 73_728
-    assert by_codec["fp8"].bytes < by_codec["zstd-split"].bytes < by_codec["raw"].bytes
+    assert by_codec["int4-g32"].bytes < by_codec["fp8"].bytes < by_codec["zstd-split"].bytes < by_codec["raw"].bytes
 
 
 # ---------------------------------------------------------------- sample checks

@@ -22,6 +22,9 @@ except ImportError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DIRS = ("cli", "dspark_data", "dspark_train", "schemas", "bench")
 TEST_ONLY_EXTRAS = ("dev",)
+# Packages a test fixture fetches itself into a private directory and imports only in a child process there,
+# so they are deliberately in no extra (speculators would pull a GPU vLLM as a dependency).
+FETCHED_BY_FIXTURES = {"tests/speculators_fixture.py": {"speculators"}}
 
 
 def _norm(name: str) -> str:
@@ -90,8 +93,9 @@ def _undeclared(sources: list[tuple[Path, bool]]) -> list[str]:
     for path, is_test in sources:
         allowed = tests if is_test else runtime
         where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        fetched = FETCHED_BY_FIXTURES.get(str(where), set())
         for name, line in _top_level_imports(path).items():
-            if name in sys.stdlib_module_names or name == "__future__" or _is_local(name, path):
+            if name in fetched or name in sys.stdlib_module_names or name == "__future__" or _is_local(name, path):
                 continue
             # not installed here (e.g. tomli on 3.11+): assume the distribution is named like the import
             provided = {_norm(d) for d in dists.get(name, [])} or {_norm(name)}

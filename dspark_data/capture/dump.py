@@ -63,6 +63,7 @@ def dump_hidden(
     console: Console | None = None,
     num_shards: int = 1,
     shard_index: int = 0,
+    sample_from: Path | None = None,
 ) -> dict[str, Any]:
     """Capture hidden states for the regen dataset at `data_dir` into `out_dir`; returns the summary.
 
@@ -71,7 +72,7 @@ def dump_hidden(
     console = console or Console(stderr=True)
     backend_name = backend or recipe.capture.backend
     if dry_run:
-        return print_dry_run(recipe, data_dir, limit, console)
+        return print_dry_run(recipe, data_dir, limit, console, [out_dir, *([sample_from] if sample_from else [])])
 
     from dspark_data.targets import load_target_info, resolve_target
 

@@ -59,9 +59,12 @@ def estimate_tokens(recipe: Recipe, data_dir: Path, limit: int | None) -> TokenE
     return TokenEstimate(samples, samples * recipe.seq_len, exact=False)
 
 
-def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate) -> list[SizeProjection]:
-    """One projection per codec (the recipe's first), for the estimated tokens."""
+def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate,
+            measured: dict[str, tuple[float, str]] | None = None) -> list[SizeProjection]:
+    """One projection per codec (the recipe's first), for the estimated tokens; a codec in `measured` uses
+    the ratio measured on data of this target instead of the documented typical one."""
     names = [recipe.capture.codec] + [c for c in CODECS if c != recipe.capture.codec]
+    measured = measured or {}
     return [
         project_size(
             plan.hidden_size,
@@ -70,6 +73,7 @@ def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate) -> list[Si
             codec,
             samples=estimate.samples,
             shard_bytes=recipe.capture.shard_bytes,
+            measured_ratio=measured[codec][0] if codec in measured else None,
         )
         for codec in names
     ]
@@ -90,22 +94,33 @@ def format_bytes(n: float) -> str:
     return f"{n:,.1f} PiB"
 
 
-def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Console) -> dict[str, Any]:
-    """Print the projected size and file count per codec; touch nothing."""
+def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Console,
+                  sample_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """Print the projected size and file count per codec; touch nothing. `sample_dirs` (the output dir,
+    which may hold a partial capture, and `--sample-from`): codec ratios measured there replace the
+    documented defaults."""
+    from dspark_data.store.trial import measured_ratios
+
     plan, source = dry_run_plan(recipe)
     estimate = estimate_tokens(recipe, data_dir, limit)
-    projections = project(recipe, plan, estimate)
+    measured: dict[str, tuple[float, str]] = {}
+    for d in sample_dirs or []:
+        for codec, got in measured_ratios(d, plan.stored_ids, plan.hidden_size).items():
+            measured.setdefault(codec, got)
+    projections = project(recipe, plan, estimate, measured)
     kind = "counted from the regen data" if estimate.exact else "upper bound num_prompts x seq_len: no regen data yet"
     console.print(
         f"dump-hidden --dry-run: {recipe.target.model}, {plan.num_hidden_layers} layers x {plan.hidden_size} "
         f"({source})\nlayers {list(plan.stored_ids)}: {plan.bytes_per_token():,} bytes/token uncompressed; "
         f"{estimate.samples:,} samples, {estimate.tokens:,} tokens ({kind})"
     )
-    table = Table("codec", "size", "bytes/token", "ratio", "shards", "files")
+    table = Table("codec", "size", "bytes/token", "ratio", "ratio from", "shards", "files")
     for p in projections:
         name = f"{p.codec} (recipe)" if p.codec == recipe.capture.codec else p.codec
         size = format_bytes(p.bytes)
-        table.add_row(name, size, f"{p.bytes_per_token:,.0f}", f"{p.ratio:.2f}", f"{p.shards:,}", f"{p.files:,}")
+        origin = f"measured: {measured[p.codec][1]}" if p.codec in measured else "typical (docs)"
+        table.add_row(name, size, f"{p.bytes_per_token:,.0f}", f"{p.ratio:.2f}", origin, f"{p.shards:,}",
+                      f"{p.files:,}")
     console.print(table)
     return {
         "stage": "hidden",
@@ -117,4 +132,5 @@ def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Co
         "tokens": estimate.tokens,
         "tokens_exact": estimate.exact,
         "projections": [p.to_dict() for p in projections],
+        "measured_ratios": {codec: {"ratio": r, "from": d} for codec, (r, d) in measured.items()},
     }

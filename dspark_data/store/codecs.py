@@ -338,3 +338,15 @@ def decode(name: str, payload: bytes | memoryview, shape: Sequence[int], *, thre
     """Decode a payload back to bf16 `[T, L, H]`. Single-threaded by default: callers decode many samples
     in parallel (the trainer's background threads); pass `threads=None` to split one sample across cores."""
     return get_codec(name).decode(payload, tuple(int(s) for s in shape), threads)
+
+
+def _register_group_codecs() -> None:
+    """Sub-8-bit codecs live in `groupq.py` (their own module); they join the registry here."""
+    from dspark_data.store import groupq
+
+    for spec, enc, dec in groupq.codec_entries():
+        CODECS[spec.name] = Codec(spec.name, spec.codec_id, False, enc, dec)  # type: ignore[arg-type]
+        _BY_ID[spec.codec_id] = spec.name
+
+
+_register_group_codecs()

@@ -13,8 +13,14 @@ from typing import Any
 
 from dspark_data.store.codecs import get_codec
 
-# measured on heavy-tailed synthetic activations and on the tiny targets (zstd level 1)
-TYPICAL_RATIO: dict[str, float] = {"raw": 1.0, "zstd-split": 1.44, "fp8": 2.3}
+# measured on heavy-tailed synthetic activations and on the tiny targets (zstd level 1); the group codecs'
+# figures are the tiny target's (docs/formats/store.md). Prediction across layers pays by how correlated
+# the stored layers are (tiny: 1.2x more; independent layers: less), so a `-delta` codec's default is its
+# plain codec's ratio; `dspark codecs` and `dump-hidden --dry-run --sample-from` measure the real one.
+TYPICAL_RATIO: dict[str, float] = {
+    "raw": 1.0, "zstd-split": 1.44, "fp8": 2.3, "int6-g32": 2.6, "int5-g32": 3.1, "int4-g32": 4.0,
+    "int4-g64": 4.25, "int3-g32": 5.6, "int6-g32-delta": 2.6, "int5-g32-delta": 3.1, "int4-g32-delta": 4.0,
+}
 # per-sample bytes besides the payload: Arrow batch framing, token ids (int64), mask, index row
 PER_SAMPLE_OVERHEAD = 700
 PER_TOKEN_OVERHEAD = 9
@@ -44,11 +50,17 @@ def project_size(
     *,
     samples: int = 0,
     shard_bytes: int = 1 << 30,
+    measured_ratio: float | None = None,
 ) -> SizeProjection:
-    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`."""
+    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`.
+    `measured_ratio`: raw bf16 bytes over *all* stored bytes of a capture of the same target with this
+    codec (its manifest totals), used instead of the typical ratio plus the fixed overheads."""
     get_codec(codec)
     raw = tokens * n_layers * hidden_size * 2
-    stored = int(raw / TYPICAL_RATIO[codec]) + samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
+    if measured_ratio is not None:
+        stored = int(raw / measured_ratio)
+    else:
+        stored = int(raw / TYPICAL_RATIO[codec]) + samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
     shards = max(1, math.ceil(stored / shard_bytes)) if tokens else 0
     return SizeProjection(
         codec=codec,

@@ -16,7 +16,8 @@ predicts token `x_{a+k}`, whose target distribution is the target's output at po
 
 Anchors are drawn uniformly without replacement (up to `max_anchors`) from a generator seeded by
 `derive_seed(run seed, "anchors", sample id, epoch)`, then sorted, so they are resampled every epoch,
-independent of rank, batch and thread timing. Validation uses the fixed epoch label "val".
+independent of rank, batch and thread timing. Validation uses the fixed epoch label "val" and a fixed
+seed (`loader.VAL_ANCHOR_SEED`), so its anchors are the same for every run seed.
 """
 
 from __future__ import annotations
