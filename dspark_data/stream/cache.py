@@ -16,6 +16,14 @@ Commits: one writer thread per rank appends rows and commits when `commit_s` has
 commit, at close, and at once when another rank waits for one of its uncommitted samples (the waiting
 rank lists the ids in `<cache-dir>/.wanted/rank-NNNNN.json`). Until its commit a sample stays in memory
 (encoded) so its own rank can reuse it; other ranks see it once committed (`PartsView.refresh`).
+
+Seeded cache: a `--cache-dir` that holds `part-i-of-N/` folders (`dspark dump-hidden --num-shards N`
+output) is a pre-filled cache. Its parts are read, never written: opened as one dataset (`store/parts.py`:
+every part present and complete, disjoint ids) and checked against the stream's writer settings (the
+same fingerprint apart from the part keys), their samples are served from disk and never streamed;
+samples they lack are streamed into `rank-NNNNN/` beside them as usual. Why beside, not into the
+parts: a part is one machine's finished dump (merge-checked as such); a rank part is the trainer's own.
+`dspark train --data DIR` then reads seed and rank parts together (`CacheDataset`).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import numpy as np
 from dspark_data.store import HiddenDataset, HiddenSample, HiddenStateWriter, StoreError, open_hidden
 from dspark_data.store.files import atomic_write_bytes
 from dspark_data.store.manifest import load_manifest, utc_now
+from dspark_data.store.parts import find_part_dirs, open_hidden_any
 from dspark_data.stream.record import StreamedRecord
 from schemas.base import fingerprint as fingerprint_of
 from schemas.store import MANIFEST_NAME, Manifest
@@ -39,6 +48,7 @@ from schemas.stream import CACHE_FORMAT, CACHE_INFO_NAME, CacheInfo
 
 PART_PREFIX = "rank-"
 WANTED_DIR = ".wanted"
+PART_KEYS = ("num_shards", "shard_index")  # fingerprint keys of a dump-hidden part, not of its samples
 
 
 def part_dir(cache_dir: Path, rank: int) -> Path:
@@ -110,11 +120,50 @@ def cache_parts(cache_dir: Path) -> list[Path]:
     return sorted(p for p in Path(cache_dir).glob(f"{PART_PREFIX}*") if (p / MANIFEST_NAME).is_file())
 
 
-class PartsView:
-    """The committed samples of every part, re-read when a part's manifest changes. Thread-safe."""
+def seed_dirs(cache_dir: Path) -> list[Path]:
+    """The `part-i-of-N/` folders of a dump-hidden output used as the cache's seed ([] for none)."""
+    return find_part_dirs(cache_dir)
 
-    def __init__(self, cache_dir: Path):
+
+def all_dirs(cache_dir: Path) -> list[Path]:
+    """Every dataset the cache reads: the seed's parts, then the ranks' parts (what `verify` must hash)."""
+    return [*seed_dirs(cache_dir), *cache_parts(cache_dir)]
+
+
+def open_seed(cache_dir: Path, fingerprint: dict[str, Any]) -> Any | None:
+    """The seed parts as one dataset, merge-checked, refused unless made with the stream's settings."""
+    if not seed_dirs(cache_dir):
+        return None
+    seed = open_hidden_any(Path(cache_dir))  # every part present and complete, same settings, disjoint ids
+    have = {k: v for k, v in seed.manifest.fingerprint.items() if k not in PART_KEYS}
+    want = {k: v for k, v in fingerprint.items() if k not in PART_KEYS}
+    if have != want:
+        diffs = [f"{k}: {have.get(k)!r} (parts) vs {want.get(k)!r} (stream)" for k in sorted(set(have) | set(want))
+                 if have.get(k) != want.get(k)]
+        raise StoreError(f"{cache_dir}: its part-*-of-* folders were captured with other settings than this "
+                         f"stream ({'; '.join(diffs)}); they cannot seed its cache. Choose another --cache-dir "
+                         "or capture the seed with the same recipe, backend and --data")
+    return seed
+
+
+def error_ids(directories: list[Path]) -> set[str]:
+    """Samples rejected in these datasets' committed `errors.jsonl` (kept out, as dump-hidden keeps them out)."""
+    out: set[str] = set()
+    for part in directories:
+        errors = part / "errors.jsonl"
+        if errors.is_file():
+            with open(errors, "rb") as f:
+                data = f.read(load_manifest(part).errors_bytes)
+            out.update(json.loads(line)["id"] for line in data.decode().splitlines() if line.strip())
+    return out
+
+
+class PartsView:
+    """The committed samples of every part (and of the seed), re-read when a part's manifest changes. Thread-safe."""
+
+    def __init__(self, cache_dir: Path, seed: Any | None = None):
         self.cache_dir = Path(cache_dir)
+        self.seed = seed
         self._lock = threading.Lock()
         self._stamp: dict[Path, tuple[int, int]] = {}
         self._sets: dict[Path, HiddenDataset] = {}
@@ -141,18 +190,13 @@ class PartsView:
                 for part in sorted(self._sets, reverse=True):  # lowest rank wins on a duplicate id
                     ds = self._sets[part]
                     where.update({sid: (ds, i) for i, sid in enumerate(ds.ids)})
+                if self.seed is not None:  # the seed wins: its samples are never streamed
+                    where.update({sid: (self.seed, i) for i, sid in enumerate(self.seed.ids)})
                 self._where = where
 
     def error_ids(self) -> set[str]:
-        """Samples some rank's server rejected (kept out of training, as dump-hidden keeps them out)."""
-        out: set[str] = set()
-        for part in cache_parts(self.cache_dir):
-            errors = part / "errors.jsonl"
-            if errors.is_file():
-                with open(errors, "rb") as f:
-                    data = f.read(load_manifest(part).errors_bytes)
-                out.update(json.loads(line)["id"] for line in data.decode().splitlines() if line.strip())
-        return out
+        """Samples some rank's server (or the seed's capture) rejected (kept out, as dump-hidden keeps them out)."""
+        return error_ids(all_dirs(self.cache_dir) if self.seed is not None else cache_parts(self.cache_dir))
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self._where
@@ -262,17 +306,20 @@ class CacheDataset:
 
     Duck-types `HiddenDataset` (manifest, ids, lengths, ds[i]) so the trainer's `StoreSource` reads it.
     A sample id present in two parts (a rank gave up waiting for a peer and streamed it again) is read
-    from the lowest rank's part.
+    from the lowest rank's part. A seeded cache's `part-i-of-N/` samples come first (seed order: by id hash).
     """
 
     def __init__(self, cache_dir: Path):
         self.directory = Path(cache_dir)
-        parts = [open_hidden(p) for p in cache_parts(self.directory)]
+        info = CacheInfo.model_validate_json((self.directory / CACHE_INFO_NAME).read_text())
+        seed = open_seed(self.directory, info.fingerprint)
+        parts = [*([seed] if seed is not None else []), *(open_hidden(p) for p in cache_parts(self.directory))]
         if not parts:
             raise StoreError(f"{cache_dir}: a stream cache without any committed part; stream first")
-        first = parts[0].manifest
-        for ds in parts[1:]:
-            if ds.manifest.fingerprint_hash != first.fingerprint_hash:
+        ranks = [ds for ds in parts if ds is not seed]
+        first = (ranks or parts)[0].manifest  # a rank part's: the stream's own fingerprint
+        for ds in ranks[1:]:
+            if ds.manifest.fingerprint_hash != ranks[0].manifest.fingerprint_hash:
                 raise StoreError(f"{cache_dir}: parts were written with different settings; the cache is mixed")
         self._rows: list[tuple[HiddenDataset, int]] = []
         seen: set[str] = set()

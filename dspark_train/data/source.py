@@ -128,7 +128,7 @@ def open_source(
     """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
     from dspark_data.store.parts import find_part_dirs, is_parts_parent, open_hidden_any
-    from dspark_data.stream.cache import cache_parts, is_cache, open_cache
+    from dspark_data.stream.cache import all_dirs, is_cache, open_cache
 
     cache = is_cache(Path(path))  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
     parts = not cache and is_parts_parent(path)  # `dump-hidden --num-shards N` output: part-i-of-N/ folders
@@ -137,7 +137,7 @@ def open_source(
     if verify:
         from dspark_train.data.integrity import check_integrity
 
-        dirs = cache_parts(Path(path)) if cache else find_part_dirs(path) if parts else [Path(path)]
+        dirs = all_dirs(Path(path)) if cache else find_part_dirs(path) if parts else [Path(path)]
         for directory in dirs:
             done = check_integrity(directory, skip, record_dir=record_dir)
             if checks is not None:

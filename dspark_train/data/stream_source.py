@@ -37,7 +37,15 @@ import numpy as np
 
 from dspark_data.store import HiddenSample as StoreSample
 from dspark_data.store.files import atomic_write_bytes
-from dspark_data.stream.cache import CacheWriter, PartsView, init_cache, part_dir, store_fingerprint, write_wanted
+from dspark_data.stream.cache import (
+    CacheWriter,
+    PartsView,
+    init_cache,
+    open_seed,
+    part_dir,
+    store_fingerprint,
+    write_wanted,
+)
 from dspark_data.stream.client import RetryPolicy, SampleRejected, StreamClient, StreamError
 from dspark_train.data.sampler import epoch_batches, eval_batches
 from dspark_train.data.source import HiddenSample, IndexedSource, SourceInfo
@@ -135,9 +143,11 @@ class StreamSource(IndexedSource):
         self._writer: CacheWriter | None = None
         excluded: set[str] = set()
         if opts.cache_dir is not None:
+            # A dump-hidden parts parent as --cache-dir seeds the cache (read-only; checked before anything is written).
+            seed = open_seed(opts.cache_dir, store_fingerprint(writer_kwargs))
             init_cache(opts.cache_dir, writer_kwargs)
             self._writer = CacheWriter(part_dir(opts.cache_dir, rank), writer_kwargs, commit_s=opts.commit_s)
-            self._view = PartsView(opts.cache_dir)
+            self._view = PartsView(opts.cache_dir, seed)
             excluded = self._view.error_ids()  # rejected once: left out, as dump-hidden leaves them out
         # Samples as dump-hidden would store them: cut at seq_len, empty ones and rejected ones left out.
         lengths = np.minimum(np.asarray(regen.lengths, dtype=np.int64), self.seq_len)
@@ -349,14 +359,16 @@ def open_stream_source(
     world_size: int = 1,
 ) -> StreamSource:
     """Connect to the gateways (waiting for one to answer), check them against the recipe, open the cache."""
-    from dspark_data.store import open_dataset
+    from dspark_data.store.parts import is_parts_parent, open_any
 
-    if not (Path(data_dir) / "manifest.json").is_file():
+    if not (Path(data_dir) / "manifest.json").is_file() and not is_parts_parent(data_dir):
         raise FileNotFoundError(
             f"regen data {data_dir} not found: --stream sends the regen dataset's conversations to the server; "
             "run `dspark regen` first or pass --data DIR"
         )
-    regen = open_dataset(data_dir, require_complete=True)
+    # One regen dataset, or a parent of `regen --num-shards N` parts read as one (merge-checked, id-hash order,
+    # as the offline path reads them); the trainer's batches are keyed by id, so the order does not matter.
+    regen = open_any(data_dir, require_complete=True)
     expect = expected_capture(recipe, num_hidden_layers, hidden_size)
     client = StreamClient(
         list(opts.endpoints),
@@ -367,20 +379,7 @@ def open_stream_source(
         retry=RetryPolicy(deadline_s=opts.deadline_s),
     )
     client.connect()
-    writer_kwargs = {
-        # dump-hidden's HiddenStateWriter arguments (capture/dump.py), so a cache part is a dump's twin
-        "layer_ids": expect["layer_ids"],
-        "hidden_size": hidden_size,
-        "codec": recipe.capture.codec,
-        "target": recipe.target.model,
-        "target_revision": recipe.target.revision,
-        "seq_len": recipe.seq_len,
-        "regen_fingerprint": regen.manifest.fingerprint_hash,
-        "zstd_level": recipe.capture.zstd_level,
-        "extra_fingerprint": {"backend": "vllm", "engine_dtype": recipe.target.dtype},
-        "producer_config": {"stream": {"endpoints": list(opts.endpoints)}, "capture": recipe.capture.model_dump()},
-        "shard_bytes": recipe.capture.shard_bytes,
-    }
+    writer_kwargs = stream_writer_kwargs(recipe, expect, regen.manifest.fingerprint_hash, opts.endpoints)
     return StreamSource(
         regen,
         client,
@@ -393,6 +392,25 @@ def open_stream_source(
         writer_kwargs=writer_kwargs,
     )
 
+
+def stream_writer_kwargs(
+    recipe: Recipe, expect: dict[str, Any], regen_fingerprint: str, endpoints: Sequence[str]
+) -> dict[str, Any]:
+    """dump-hidden's `HiddenStateWriter` arguments (capture/dump.py), so a cache part is a dump's twin, and a
+    `dump-hidden --backend vllm` output of the same regen data has the stream's fingerprint (it can seed the cache)."""
+    return {
+        "layer_ids": expect["layer_ids"],
+        "hidden_size": expect["hidden_size"],
+        "codec": recipe.capture.codec,
+        "target": recipe.target.model,
+        "target_revision": recipe.target.revision,
+        "seq_len": recipe.seq_len,
+        "regen_fingerprint": regen_fingerprint,
+        "zstd_level": recipe.capture.zstd_level,
+        "extra_fingerprint": {"backend": "vllm", "engine_dtype": recipe.target.dtype},
+        "producer_config": {"stream": {"endpoints": list(endpoints)}, "capture": recipe.capture.model_dump()},
+        "shard_bytes": recipe.capture.shard_bytes,
+    }
 
 def stream_overrides(
     recipe: Recipe,
