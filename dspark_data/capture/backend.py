@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from dspark_data.capture.layers import LayerPlan
+from dspark_data.store.topk import TopK
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Captured:
 
     token_ids: torch.Tensor  # (T,) int64
     hidden: torch.Tensor  # (T, L, H)
+    topk: TopK | None = None  # the target's top-K next-token log-probs, when EngineOptions.topk_logprobs > 0
 
 
 class CaptureBackend(Protocol):
@@ -55,6 +57,7 @@ class EngineOptions:
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
     batch_size: int = 64  # most requests in flight (vllm; hf runs one sequence per forward)
     in_flight_bytes: int = 4 << 30  # cap on captured-but-unread states (spool + host memory), vllm only
+    topk_logprobs: int = 0  # also return the target's top-K next-token log-probs per position (0: off)
 
 
 def open_backend(name: str, model_path: str, plan: LayerPlan, options: EngineOptions) -> CaptureBackend:

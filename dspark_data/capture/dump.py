@@ -92,6 +92,7 @@ def dump_hidden(
         extra_fingerprint={"backend": backend_name, "engine_dtype": recipe.target.dtype},
         producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump()},
         shard_bytes=capture.shard_bytes,
+        topk_logprobs=capture.topk_logprobs,
     )
     with writer:
         done = writer.committed_ids | writer.error_ids
@@ -105,10 +106,12 @@ def dump_hidden(
                 tensor_parallel_size=recipe.target.tensor_parallel_size,
                 gpu_memory_utilization=recipe.target.gpu_memory_utilization,
                 batch_size=capture.batch_size,
+                topk_logprobs=capture.topk_logprobs,
             )
             console.print(
                 f"dump-hidden: {len(todo)} of {len(selected)} samples to capture ({len(selected) - len(todo)} done), "
                 f"layers {list(plan.stored_ids)}, backend {backend_name}, codec {capture.codec}"
+                + (f", top-{capture.topk_logprobs} log-probs" if capture.topk_logprobs else "")
             )
             engine = open_backend(backend_name, model_path, plan, options)
             try:
@@ -168,10 +171,10 @@ def _capture_into(
         started = time.monotonic()
         for key, captured in engine.capture_iter(feed()):
             sample = by_id.pop(key)
-            captured = type(captured)(captured.token_ids, captured.hidden.to(torch.bfloat16))
+            captured = type(captured)(captured.token_ids, captured.hidden.to(torch.bfloat16), captured.topk)
             rejection = check_capture(sample.input_ids, captured, plan)
             if rejection is None:
-                writer.write(sample.id, sample.input_ids, sample.loss_mask, captured.hidden)
+                writer.write(sample.id, sample.input_ids, sample.loss_mask, captured.hidden, captured.topk)
                 stats["samples"] += 1
                 stats["tokens"] += sample.input_ids.numel()
             else:
@@ -213,6 +216,7 @@ def _summary(
         "layer_ids": list(plan.stored_ids),
         "hidden_size": plan.hidden_size,
         "codec": manifest.codec,
+        "topk_logprobs": manifest.topk_logprobs or 0,
         "backend": backend,
         "raw_bytes": totals.raw_bytes,
         "stored_bytes": totals.stored_bytes,

@@ -93,6 +93,7 @@ def target_setup(recipe: Recipe, tensor_parallel_size: int | None = None) -> Tar
         max_model_len=recipe.seq_len,  # as dump-hidden: conversations are cut at seq_len
         tensor_parallel_size=tensor_parallel_size or recipe.target.tensor_parallel_size,
         gpu_memory_utilization=recipe.target.gpu_memory_utilization,
+        topk_logprobs=capture.topk_logprobs,  # the server starts with --max-logprobs K (engine_kwargs)
     )
     return TargetSetup(model_path, plan, info.vocab_size, options)
 
@@ -111,6 +112,7 @@ def stream_info(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, server_i
         hidden_size=setup.plan.hidden_size,
         codec=recipe.capture.codec,
         zstd_level=recipe.capture.zstd_level,
+        topk_logprobs=recipe.capture.topk_logprobs,
         max_inflight=opts.max_inflight,
         max_queue=opts.max_queue,
     )
