@@ -12,12 +12,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dspark_data.store.codecs import get_codec
+from dspark_data.store.topk import raw_bytes_per_token as topk_raw_bytes_per_token
 
 # measured on heavy-tailed synthetic activations and on the tiny targets (zstd level 1)
 TYPICAL_RATIO: dict[str, float] = {"raw": 1.0, "zstd-split": 1.44, "fp8": 2.3}
 # per-sample bytes besides the payload: Arrow batch framing, token ids (int64), mask, index row
 PER_SAMPLE_OVERHEAD = 700
 PER_TOKEN_OVERHEAD = 9
+# the top-K column (uint32 ids + fp16 log-probs + fp32 tail) after zstd: the ids compress, the rest hardly
+# (bench/topk.py on the tiny target: see docs/formats/hidden-states.md)
+TOPK_TYPICAL_RATIO = 1.2
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,7 @@ class SizeProjection:
     codec: str
     tokens: int
     samples: int
-    raw_bytes: int  # bf16 hidden states: tokens * n_layers * hidden_size * 2
+    raw_bytes: int  # bf16 hidden states (tokens * n_layers * hidden_size * 2) plus the raw top-K column
     bytes: int  # projected bytes on disk
     ratio: float  # raw_bytes / bytes
     bytes_per_token: float
@@ -44,11 +48,16 @@ def project_size(
     *,
     samples: int = 0,
     shard_bytes: int = 1 << 30,
+    topk_logprobs: int = 0,
 ) -> SizeProjection:
-    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`."""
+    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`, plus
+    the top-K column when `topk_logprobs` > 0."""
     get_codec(codec)
-    raw = tokens * n_layers * hidden_size * 2
-    stored = int(raw / TYPICAL_RATIO[codec]) + samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
+    hidden = tokens * n_layers * hidden_size * 2
+    topk = tokens * topk_raw_bytes_per_token(topk_logprobs)
+    raw = hidden + topk
+    stored = int(hidden / TYPICAL_RATIO[codec]) + int(topk / TOPK_TYPICAL_RATIO)
+    stored += samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
     shards = max(1, math.ceil(stored / shard_bytes)) if tokens else 0
     return SizeProjection(
         codec=codec,
