@@ -142,7 +142,7 @@ def train_eval(work: Path, seed: int, kind: str, args: argparse.Namespace) -> di
     sets = [f"train.epochs={args.epochs}"]
     if kind != "exact":
         sets += ["capture.include_last_layer=false", f"capture.topk_logprobs={kind.split('-')[1]}"]
-    run = work / f"{kind}-seed{seed}"
+    run = work / f"{kind}-seed{seed}-epochs{args.epochs}"  # a rerun with other epochs reuses the capture only
     argv = [sys.executable, "-m", "dspark_train", "--recipe", "tiny", "--data", str(work / "hidden"),
             "--vocab", str(work / "vocab"), "--out", str(run / "train"), "--seed", str(seed), "--no-progress"]
     for item in sets:
@@ -172,6 +172,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="train.epochs (the tiny recipe's 3).")
     p.add_argument("--eval-prompts", type=int, default=16, help="Offline eval prompts per set (code, math).")
     p.add_argument("--throughput-prompts", type=int, default=64, help="Prompts timed per log-prob setting.")
+    p.add_argument("--no-throughput", action="store_true", help="Skip the vLLM timing (e.g. a rerun in --work).")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="dspark-bench-topk-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def main() -> None:
     seqs = [ds[i].input_ids.tolist() for i in range(min(args.throughput_prompts, len(ds)))]
     storage = tail_and_bytes(work / "hidden")
     prec = precision(model_dir, seqs[:16])
-    speed = throughput(model_dir, seqs)
+    speed = {} if args.no_throughput else throughput(model_dir, seqs)
     tokens = sum(len(s) for s in seqs)
 
     kinds = ["exact", *(f"top-{k}" for k in KS)]
@@ -223,6 +224,8 @@ def main() -> None:
               f"{'-' if same else format(st['tail_p5_mass'], '.3f')} | "
               f"{statistics.fmean(r['val_tv_tail_bound'] for r in rows):.3f} | {st['bytes_per_token']:.0f} |")
     print(f"\nfp16 vs float32 log-probs (top-64): mean TV {prec['fp16']:.2e}; bf16: {prec['bf16']:.2e}")
+    if not speed:
+        return
     print(f"\n## vLLM capture cost of K (warm engine, {len(seqs)} prompts, {tokens} tokens, best of 2)\n")
     print("| log-probs | seconds | tokens/s | vs none |")
     print("|---|---|---|---|")
