@@ -19,9 +19,10 @@ TYPICAL_RATIO: dict[str, float] = {"raw": 1.0, "zstd-split": 1.44, "fp8": 2.3}
 # per-sample bytes besides the payload: Arrow batch framing, token ids (int64), mask, index row
 PER_SAMPLE_OVERHEAD = 700
 PER_TOKEN_OVERHEAD = 9
-# the top-K column (uint32 ids + fp16 log-probs + fp32 tail) after zstd: the ids compress, the rest hardly
-# (bench/topk.py on the tiny target: see docs/formats/hidden-states.md)
-TOPK_TYPICAL_RATIO = 1.2
+# the top-K column (uint32 ids + fp16 log-probs + fp32 tail) after zstd: the ids' high bytes compress, the
+# rest hardly. Measured 1.46-1.47x with ids spread over a 154,880 vocab (GLM-5's size), 1.7-1.8x on the
+# tiny target's 2,048 (bench/topk.py; docs/topk-targets.md)
+TOPK_TYPICAL_RATIO = 1.45
 
 
 @dataclass(frozen=True)
