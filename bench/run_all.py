@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["storage.py", "codec_quality.py", "regen.py", "trainer.py"]
+BENCHES = ["storage.py", "codec_quality.py", "regen.py", "trainer.py", "topk.py"]
 
 
 def main() -> int:

@@ -78,6 +78,7 @@ def inspect(directory: DirArg, json_: JsonOpt = False) -> None:
         ("codec", str(s["codec"])),
         ("layer ids", str(s["layer_ids"])),
         ("hidden size", str(s["hidden_size"])),
+        ("top-K log-probs", _topk_row(s.get("topk_logprobs") or 0)),
         ("errors", f"{s['errors']} {s['error_counts'] or ''}"),
         ("fingerprint", s["fingerprint_hash"]),
     ]
@@ -95,6 +96,12 @@ def inspect(directory: DirArg, json_: JsonOpt = False) -> None:
     for e in listed[:10] + (listed[-3:] if len(listed) > 13 else listed[10:]):
         shards.add_row(e["file"], str(e["samples"]), str(e["tokens"]), _size(e["bytes"]), str(e["first_id"]))
     out.print(shards)
+
+
+def _topk_row(k: int) -> str:
+    if not k:
+        return "none"
+    return f"K={k}: column `topk` (uint32 ids [T, K], fp16 log-probs [T, K], fp32 tail mass [T])"
 
 
 def verify(directory: DirArg, json_: JsonOpt = False) -> None:

@@ -109,7 +109,10 @@ def load_inputs(
         # refuses corrupt data (rank 0 reads)
         source = open_source(data_dir, skip=skip_samples, verify=rank == 0, record_dir=train_dir, checks=checks)
         where = str(data_dir)
-    slots = layer_slots(source.info.layer_ids, recipe.capture.aux_layers, n_layers, where)
+    capture = recipe.capture
+    slots = layer_slots(source.info.layer_ids, capture.aux_layers, n_layers, where,
+                        include_last_layer=capture.include_last_layer, topk=capture.topk_logprobs,
+                        stored_topk=source.info.topk_logprobs)
     check_hidden(source, hidden_size=info.hidden_size, vocab_size=info.vocab_size, where=where)
     if synthetic is not None and vocab_path is None and draft_vocab < info.vocab_size:
         t2d = synthetic_vocab(source, info.vocab_size, draft_vocab, list(range(len(source))))

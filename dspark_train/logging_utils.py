@@ -55,7 +55,7 @@ def summary_figures(prefix: str, figures: dict[str, float] | None, per_position:
     if not figures:
         return {}
     out = {f"{prefix}mean_accepted_length": figures["accepted_length"]}
-    for key in ("full_accuracy", "acceptance_rate", "confidence_abs_error"):
+    for key in ("full_accuracy", "acceptance_rate", "confidence_abs_error", "tv_tail_bound", "target_tail_mass"):
         if key in figures:
             out[f"{prefix}{key}"] = figures[key]
     k = 1

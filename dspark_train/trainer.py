@@ -31,7 +31,7 @@ from dspark_train.checkpoint import Checkpointer
 from dspark_train.data import Batch, LoaderConfig, TrainLoader, anchor_span, eval_loader, split_indices
 from dspark_train.inputs import TrainInputs, load_head, load_inputs
 from dspark_train.logging_utils import TrainLogger, summary_figures
-from dspark_train.losses import DSparkLoss, slot_targets
+from dspark_train.losses import DSparkLoss, slot_targets, slot_targets_topk
 from dspark_train.metrics import DraftMetrics
 from dspark_train.model.config import DraftConfig
 from dspark_train.model.draft import DSparkDraft
@@ -82,7 +82,7 @@ class Trainer:
     draft_config: DraftConfig
     model: DSparkDraft  # the module itself (checkpoints, validation)
     wrapped: nn.Module  # what the training step calls (DDP / FSDP2 / the model)
-    head: TargetHead
+    head: TargetHead | None  # None with top-K targets: no final norm / lm_head matmul at all
     loss_fn: DSparkLoss
     # --- optimisation
     optimizer: torch.optim.Optimizer
@@ -126,6 +126,7 @@ class Trainer:
             span=anchor_span(recipe.model.block_size, recipe.model.sample_from_anchor),
             aux_slots=self.inputs.slots.aux,
             last_slot=self.inputs.slots.last,
+            topk=self.inputs.slots.topk,
             num_workers=t.num_workers,
             prefetch=t.prefetch,
         )
@@ -178,7 +179,9 @@ class Trainer:
             self.notes.append(f"initialised from {self.init_source.path} ({self.init_source.fmt}, weights sha256 "
                               f"{self.init_source.sha256[:12]}); optimizer and lr schedule start fresh")
         # Target head for the loss targets: final norm + lm_head only (drop the embedding: the draft has it).
-        self.head = dataclasses.replace(head, embed=head.lm_head)
+        # With top-K targets nothing of it is kept: the full lm_head is freed once the draft took its t2d rows.
+        self.head = dataclasses.replace(head, embed=head.lm_head) if self.inputs.slots.last is not None else None
+        del head
         self.loss_fn = DSparkLoss.from_config(recipe.loss)
         # Parallelism wraps the single-device model in one place (DDP, or FSDP2 with train.fsdp).
         self.wrapped = parallelize(self.model, self.dist, fsdp=t.fsdp)
@@ -279,11 +282,15 @@ class Trainer:
         return self.opts.attention or ("flex" if self.device.type == "cuda" else "sdpa")
 
     def forward(self, module: nn.Module, batch: Batch) -> tuple[Any, Any]:
-        """Draft outputs and the per-slot targets (target probabilities from the stored last layer)."""
+        """Draft outputs and the per-slot targets (from the stored last layer, or from the stored top-K)."""
         with self._autocast():
             out = module(
                 batch.context_hidden, batch.input_ids, batch.anchors, batch.anchor_valid, attention=self._attention()
             )
+        if self.head is None:
+            targets = slot_targets_topk(out, batch.input_ids, batch.loss_mask, batch.topk_ids, batch.topk_probs,
+                                        batch.topk_tail, self.model.t2d)
+            return out, targets
         with torch.no_grad():
             next_probs, next_greedy = target_probs_and_greedy(batch.target_hidden, self.head, self.model.t2d)
         targets = slot_targets(out, batch.input_ids, batch.loss_mask, next_probs, self.model.t2d, next_greedy)

@@ -104,6 +104,13 @@ class CaptureConfig(StrictModel):
     include_last_layer: bool = Field(
         True, description="Also store layer id N (last layer output before final norm) for the loss targets."
     )
+    topk_logprobs: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Also store the target's top-K next-token log-probabilities per position (0: off). The "
+        "trainer takes its targets from them when include_last_layer is false (docs/training.md, top-K targets).",
+    )
     codec: HiddenCodec = Field("zstd-split", description="Hidden-state codec (docs/formats/store.md).")
     zstd_level: int = Field(1, ge=1, le=22, description="zstd level for the compressed codecs.")
     shard_bytes: int = Field(1 << 30, ge=1 << 16, description="Roll over to a new shard past this size.")

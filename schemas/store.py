@@ -87,6 +87,9 @@ class Manifest(StrictModel):
     codec: str | None = Field(None, description="Payload codec (hidden states), or None.")
     layer_ids: list[int] | None = Field(None, description="Hidden-state layer ids in stored order (hidden only).")
     hidden_size: int | None = Field(None, description="Hidden size H (hidden only).")
+    topk_logprobs: int | None = Field(
+        None, ge=1, description="K of the stored top-K target log-probs (column `topk`; hidden only), None: none."
+    )
     shards: list[ShardEntry] = Field(default_factory=list, description="Committed shards in order.")
     totals: Totals = Field(default_factory=Totals)
     errors_file: str = Field(ERRORS_NAME, description="JSON-lines file of per-sample errors.")

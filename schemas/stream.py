@@ -2,7 +2,8 @@
 
 The trainer sends one conversation per request (`StreamRequest`, JSON); the gateway answers with the
 sample as an Arrow IPC *stream* holding exactly one row in the hidden-state store's record layout
-(`dspark_data.store.HIDDEN_SCHEMA`: id, input_ids, loss_mask, hidden = codec payload), so a streamed
+(`dspark_data.store.hidden_schema`: id, input_ids, loss_mask, hidden = codec payload, and `topk` when
+the capture stores top-K log-probs), so a streamed
 sample is byte for byte what `dump-hidden` stores and can be appended to a store dataset unchanged.
 `StreamInfo` (`GET /v1/info`) tells the trainer what the server captures, so both sides check they agree
 before any sample moves. Errors come back as `StreamErrorBody` JSON with an HTTP status saying whether a
@@ -28,6 +29,7 @@ META_FORMAT = "dspark.format"
 META_CODEC = "dspark.codec"
 META_LAYER_IDS = "dspark.layer_ids"
 META_HIDDEN_SIZE = "dspark.hidden_size"
+META_TOPK = "dspark.topk_logprobs"
 
 
 class StreamRequest(StrictModel):
@@ -60,6 +62,7 @@ class StreamInfo(StrictModel):
     layer_ids: list[int] = Field(description="Stored layer ids in order (aux layers, then N when stored).")
     hidden_size: int = Field(ge=1, description="Target hidden size H.")
     codec: str = Field(description="Hidden-state codec of the replies (the recipe's capture.codec).")
+    topk_logprobs: int = Field(0, ge=0, description="K of the top-K target log-probs each reply carries (0: none).")
     zstd_level: int = Field(ge=1, description="zstd level the codec uses.")
     max_inflight: int = Field(ge=1, description="Requests the gateway runs at once; more wait in its queue.")
     max_queue: int = Field(ge=0, description="Requests allowed to wait; beyond that the gateway answers 429.")
@@ -67,7 +70,7 @@ class StreamInfo(StrictModel):
     def capture_fields(self) -> dict[str, Any]:
         """The fields that must agree between server and trainer (they decide what a sample contains)."""
         return {k: getattr(self, k) for k in ("target", "target_revision", "seq_len", "layer_ids", "hidden_size",
-                                              "codec", "zstd_level")}
+                                              "codec", "zstd_level", "topk_logprobs")}
 
 
 class StreamErrorBody(StrictModel):

@@ -72,7 +72,8 @@ def test_seed_recipe_layers_fit_glm5_shape():
 
 
 def test_seed_recipe_dry_run_projection(tmp_path):
-    """Offline, the seed recipe's dry run uses GLM-5's published shape and an upper bound of tokens."""
+    """Offline, the seed recipe's dry run uses GLM-5's published shape and an upper bound of tokens: five aux
+    layers (no id 78 on CUDA) plus the top-64 column (uint32 ids + fp16 log-probs + fp32 tail)."""
     recipe = load_recipe("glm52-dspark")
     plan, source = dry_run_plan(recipe)
     assert (plan.num_hidden_layers, plan.hidden_size) == (78, 6144)
@@ -81,7 +82,8 @@ def test_seed_recipe_dry_run_projection(tmp_path):
     assert (estimate.samples, estimate.tokens, estimate.exact) == (50_000, 50_000 * 4096, False)
     by_codec = {p.codec: p for p in project(recipe, plan, estimate)}
     assert set(by_codec) == set(CODECS)
-    assert by_codec["raw"].raw_bytes == 50_000 * 4096 * 73_728
+    assert plan.stored_ids == (8, 23, 39, 55, 70) and recipe.capture.topk_logprobs == 64
+    assert by_codec["raw"].raw_bytes == 50_000 * 4096 * (61_440 + 6 * 64 + 4)
     assert by_codec["int4-g32"].bytes < by_codec["fp8"].bytes < by_codec["zstd-split"].bytes < by_codec["raw"].bytes
 
 

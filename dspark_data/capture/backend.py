@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan
+from dspark_data.store.topk import TopK
 
 if TYPE_CHECKING:
     from schemas.recipe import Recipe
@@ -29,6 +30,7 @@ class Captured:
 
     token_ids: torch.Tensor  # (T,) int64
     hidden: torch.Tensor  # (T, L, H)
+    topk: TopK | None = None  # the target's top-K next-token log-probs, when EngineOptions.topk_logprobs > 0
 
 
 class CaptureBackend(Protocol):
@@ -61,6 +63,7 @@ class EngineOptions:
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
     batch_size: int = 64  # most requests in flight (vllm; hf runs one sequence per forward)
     in_flight_bytes: int = 4 << 30  # cap on captured-but-unread states (spool + host memory), vllm only
+    topk_logprobs: int = 0  # also return the target's top-K next-token log-probs per position (0: off)
 
 
 def engine_options(recipe: Recipe, **overrides: Any) -> EngineOptions:
@@ -85,6 +88,7 @@ def engine_options(recipe: Recipe, **overrides: Any) -> EngineOptions:
         "enable_expert_parallel": t.enable_expert_parallel,
         "gpu_memory_utilization": t.gpu_memory_utilization,
         "batch_size": recipe.capture.batch_size,
+        "topk_logprobs": recipe.capture.topk_logprobs,
     }
     return EngineOptions(**{**fields, **overrides})
 

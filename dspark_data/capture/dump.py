@@ -109,6 +109,7 @@ def dump_hidden(
         producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump(),
                          **assigned_record([regen.ids[i] for i in selected])},
         shard_bytes=capture.shard_bytes,
+        topk_logprobs=capture.topk_logprobs,
     )
     # SIGTERM: commit what the engine returned, close the engine, exit (dspark_data/shutdown.py).
     with GracefulStop("dump-hidden"), writer:
@@ -120,6 +121,7 @@ def dump_hidden(
             console.print(
                 f"dump-hidden: {len(todo)} of {len(selected)} samples to capture ({len(selected) - len(todo)} done), "
                 f"layers {list(plan.stored_ids)}, backend {backend_name}, codec {capture.codec}"
+                + (f", top-{capture.topk_logprobs} log-probs" if capture.topk_logprobs else "")
             )
             engine = open_backend(backend_name, model_path, plan, options)
             try:
@@ -181,10 +183,10 @@ def _capture_into(
         started = time.monotonic()
         for key, captured in engine.capture_iter(feed()):
             sample = by_id.pop(key)
-            captured = type(captured)(captured.token_ids, captured.hidden.to(torch.bfloat16))
+            captured = type(captured)(captured.token_ids, captured.hidden.to(torch.bfloat16), captured.topk)
             rejection = check_capture(sample.input_ids, captured, plan)
             if rejection is None:
-                writer.write(sample.id, sample.input_ids, sample.loss_mask, captured.hidden)
+                writer.write(sample.id, sample.input_ids, sample.loss_mask, captured.hidden, captured.topk)
                 stats["samples"] += 1
                 stats["tokens"] += sample.input_ids.numel()
             else:
@@ -215,6 +217,7 @@ def _summary(
         "layer_ids": list(plan.stored_ids),
         "hidden_size": plan.hidden_size,
         "codec": manifest.codec,
+        "topk_logprobs": manifest.topk_logprobs or 0,
         "backend": backend,
         "raw_bytes": totals.raw_bytes,
         "stored_bytes": totals.stored_bytes,

@@ -21,6 +21,7 @@ from torch import nn
 
 from dspark_data.capture.backend import Captured, EngineOptions
 from dspark_data.capture.layers import LayerPlan, check_hidden_size
+from dspark_data.capture.logprobs import from_logits
 
 
 def decoder_parts(model: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
@@ -52,6 +53,7 @@ class HfCapture:
             raise ValueError(
                 f"{model_path} has {len(self.layers)} decoder layers; the plan expects {plan.num_hidden_layers}"
             )
+        self.topk = options.topk_logprobs
         self._grabbed: dict[int, torch.Tensor] = {}
         self._handles = [self._hook(self._module_for(layer_id), layer_id) for layer_id in plan.engine_ids]
 
@@ -71,15 +73,21 @@ class HfCapture:
             yield key, self.capture_one(seq)
 
     def capture_one(self, seq: Sequence[int]) -> Captured:
-        """Run the decoder (no lm_head) over one sequence and stack the hooked states in stored order."""
+        """Run the decoder over one sequence and stack the hooked states in stored order; with top-K on, the
+        whole model (lm_head included) runs and the top-K comes from its logits (log_softmax in float32)."""
         ids = torch.as_tensor(list(seq), dtype=torch.long)
         self._grabbed.clear()
+        topk = None
         with torch.inference_mode():
-            self.decoder(input_ids=ids[None].to(self.device), use_cache=False)
+            if self.topk:
+                logits = self.model(input_ids=ids[None].to(self.device), use_cache=False).logits[0]
+                topk = from_logits(logits, self.topk)
+            else:
+                self.decoder(input_ids=ids[None].to(self.device), use_cache=False)
             stacked = torch.stack([self._grabbed[k][0] for k in self.plan.stored_ids], dim=1)  # (T, L, H)
         self._grabbed.clear()
         # cloned outside inference mode, so callers get ordinary (writable) tensors
-        return Captured(token_ids=ids, hidden=stacked.cpu().clone())
+        return Captured(token_ids=ids, hidden=stacked.cpu().clone(), topk=topk)
 
     def close(self) -> None:
         for handle in self._handles:

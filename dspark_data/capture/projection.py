@@ -19,6 +19,7 @@ from rich.table import Table
 from dspark_data.capture.layers import GLM5_HIDDEN_SIZE, GLM5_NUM_HIDDEN_LAYERS, LayerPlan, plan_layers
 from dspark_data.store import CODECS, SizeProjection, project_size
 from dspark_data.store.parts import is_parts_parent, open_any
+from dspark_data.store.topk import raw_bytes_per_token as topk_raw_bytes_per_token
 from schemas.recipe import Recipe
 
 # Published shapes used only when a hub target's config.json is not cached locally (dry runs offline).
@@ -74,6 +75,7 @@ def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate,
             samples=estimate.samples,
             shard_bytes=recipe.capture.shard_bytes,
             measured_ratio=measured[codec][0] if codec in measured else None,
+            topk_logprobs=recipe.capture.topk_logprobs,
         )
         for codec in names
     ]
@@ -108,10 +110,13 @@ def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Co
         for codec, got in measured_ratios(d, plan.stored_ids, plan.hidden_size).items():
             measured.setdefault(codec, got)
     projections = project(recipe, plan, estimate, measured)
+    k = recipe.capture.topk_logprobs
+    topk_note = f" + top-{k} log-probs {topk_raw_bytes_per_token(k):,} bytes/token" if k else ""
     kind = "counted from the regen data" if estimate.exact else "upper bound num_prompts x seq_len: no regen data yet"
     console.print(
         f"dump-hidden --dry-run: {recipe.target.model}, {plan.num_hidden_layers} layers x {plan.hidden_size} "
-        f"({source})\nlayers {list(plan.stored_ids)}: {plan.bytes_per_token():,} bytes/token uncompressed; "
+        f"({source})\nlayers {list(plan.stored_ids)}: {plan.bytes_per_token():,} bytes/token uncompressed"
+        f"{topk_note}; "
         f"{estimate.samples:,} samples, {estimate.tokens:,} tokens ({kind})"
     )
     table = Table("codec", "size", "bytes/token", "ratio", "ratio from", "shards", "files")
@@ -127,7 +132,8 @@ def print_dry_run(recipe: Recipe, data_dir: Path, limit: int | None, console: Co
         "dry_run": True,
         "layer_ids": list(plan.stored_ids),
         "hidden_size": plan.hidden_size,
-        "bytes_per_token_raw": plan.bytes_per_token(),
+        "bytes_per_token_raw": plan.bytes_per_token() + topk_raw_bytes_per_token(k),
+        "topk_logprobs": k,
         "samples": estimate.samples,
         "tokens": estimate.tokens,
         "tokens_exact": estimate.exact,

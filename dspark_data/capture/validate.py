@@ -41,6 +41,12 @@ def check_capture(input_ids: torch.Tensor, captured: Captured, plan: LayerPlan) 
         bad = (~finite).sum(dim=(0, 2))  # (L,) non-finite values per stored layer
         per_layer = ", ".join(f"id {layer}: {int(n)}" for layer, n in zip(plan.stored_ids, bad, strict=True) if n)
         return Rejection("nonfinite", f"NaN/Inf values per layer ({per_layer})")
+    if captured.topk is not None:
+        lp = captured.topk.logprobs[:-1].float()  # the last row is empty (-inf) by construction
+        if tuple(captured.topk.ids.shape)[0] != want.numel():
+            return Rejection("shape_mismatch", f"top-K rows {captured.topk.ids.shape[0]}, expected {want.numel()}")
+        if not bool(torch.isfinite(lp).all()) or bool((lp > 0).any()):
+            return Rejection("nonfinite", "top-K log-probs are NaN, infinite or positive")
     return None
 
 

@@ -26,6 +26,7 @@ import torch
 
 from dspark_data.capture.backend import Captured, EngineOptions
 from dspark_data.capture.layers import LayerPlan, check_hidden_size
+from dspark_data.capture.logprobs import from_vllm_prompt_logprobs
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
 from dspark_data.capture.vllm_limits import check_in_process_layout, check_vllm_support
 from dspark_data.engine_reaper import start_reaper
@@ -80,6 +81,7 @@ def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spoo
             "kv_role": "kv_producer",
             "kv_connector_extra_config": {"spool_dir": str(spool_dir)},
         },
+        **({"max_logprobs": options.topk_logprobs} if options.topk_logprobs else {}),  # vLLM's default cap is 20
         **extra,
     }
 
@@ -96,7 +98,10 @@ class VllmCapture:
         check_vllm_support(archs, plan, options.tensor_parallel_size, vllm_platform())
         check_in_process_layout(options.data_parallel_size)
         self.spool_dir = make_spool_dir(spool_root)
-        self._sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        self.topk = options.topk_logprobs
+        # prompt_logprobs: the target's top-K at every prompt position (capture/logprobs.py), flat: no dicts
+        topk_args = {"prompt_logprobs": self.topk, "flat_logprobs": True} if self.topk else {}
+        self._sampling = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, **topk_args)
         self._ids = itertools.count()
         self.max_requests = options.batch_size
         engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
@@ -162,7 +167,10 @@ class VllmCapture:
         record = take_record(Path(params["hidden_states_path"]), timeout_s=SPOOL_TIMEOUT_S)
         if record.layer_ids != self.plan.engine_ids:
             raise SpoolError(f"engine captured layers {record.layer_ids}, expected {self.plan.engine_ids}")
-        return Captured(token_ids=record.token_ids, hidden=record.hidden[:, self._perm])
+        topk = None
+        if self.topk:
+            topk = from_vllm_prompt_logprobs(out.prompt_logprobs, int(record.token_ids.numel()), self.topk)
+        return Captured(token_ids=record.token_ids, hidden=record.hidden[:, self._perm], topk=topk)
 
     def close(self) -> None:
         """Stop the engine processes and remove the spool."""

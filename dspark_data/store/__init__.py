@@ -19,12 +19,14 @@ Public API (details in each module's docstring):
     encode(name, tensor, *, level=1, threads=None) -> bytes;  decode(name, payload, shape, *, threads=1) -> Tensor
     HiddenStateWriter(directory, *, layer_ids, hidden_size, codec, target, seq_len, target_revision=None,
                       regen_fingerprint=None, zstd_level=1, extra_fingerprint=None, producer_config=None,
-                      shard_bytes=1<<30, overwrite=False, threads=None)   # threads: samples encoded side by side
-        .write(sample_id, input_ids, loss_mask, hidden) (queued; appended in call order), .record_error,
+                      shard_bytes=1<<30, overwrite=False, threads=None,   # threads: samples encoded side by side
+                      topk_logprobs=0)   # K > 0: each row also stores the target's top-K (`topk.py`)
+        .write(sample_id, input_ids, loss_mask, hidden, topk=None) (queued; appended in call order), .record_error,
         .commit, .close, .abort  (commit/close wait for the samples still encoding)
     open_hidden(directory, *, require_complete=False, threads=1) -> HiddenDataset
-        .manifest, .ids, .lengths, .layer_ids, .hidden_size, .codec, ds[i] -> HiddenSample, .tokens(i)
-    project_size(hidden_size, n_layers, tokens, codec, *, samples=0, shard_bytes=1<<30) -> SizeProjection
+        .manifest, .ids, .lengths, .layer_ids, .hidden_size, .codec, .topk_logprobs, ds[i] -> HiddenSample
+        (.topk: TopK or None), .tokens(i)
+    project_size(hidden_size, n_layers, tokens, codec, *, samples=0, shard_bytes=1<<30, topk_logprobs=0)
 
 This package imports only `schemas` (never dspark_train, regen or vLLM).
 """

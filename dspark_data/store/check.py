@@ -271,6 +271,7 @@ def inspect(directory: str | Path) -> dict[str, Any]:
         "codec": m.codec,
         "layer_ids": m.layer_ids,
         "hidden_size": m.hidden_size,
+        "topk_logprobs": m.topk_logprobs or 0,
         "errors": t.errors,
         "error_counts": dict(m.error_counts),
         "fingerprint_hash": m.fingerprint_hash,

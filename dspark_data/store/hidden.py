@@ -29,8 +29,10 @@ import pyarrow as pa
 import torch
 
 from dspark_data.store import codecs
+from dspark_data.store import topk as topk_codec
 from dspark_data.store.manifest import StoreError
 from dspark_data.store.reader import ShardDataset, open_dataset
+from dspark_data.store.topk import TopK
 from dspark_data.store.writer import CloseOnSuccess, ShardWriter
 from schemas.store import Manifest
 
@@ -43,6 +45,13 @@ HIDDEN_SCHEMA = pa.schema(
         ("hidden", pa.large_binary()),
     ]
 )
+TOPK_COLUMN = "topk"
+HIDDEN_TOPK_SCHEMA = HIDDEN_SCHEMA.append(pa.field(TOPK_COLUMN, pa.large_binary()))
+
+
+def hidden_schema(topk_logprobs: int = 0) -> pa.Schema:
+    """The row layout: HIDDEN_SCHEMA, plus the `topk` payload column (`topk.py`) when K > 0."""
+    return HIDDEN_TOPK_SCHEMA if topk_logprobs else HIDDEN_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class HiddenSample:
     input_ids: torch.Tensor  # int64 [T]
     loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated
     hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers in recipe order, then the last layer
+    topk: TopK | None = None  # the target's top-K next-token distribution, when the dataset stores one
 
 
 class HiddenStateWriter(CloseOnSuccess):
@@ -82,13 +92,16 @@ class HiddenStateWriter(CloseOnSuccess):
         shard_bytes: int = 1 << 30,
         overwrite: bool = False,
         threads: int | None = None,
+        topk_logprobs: int = 0,
     ):
         codecs.get_codec(codec)  # unknown codec: error before touching the directory
         self.layer_ids, self.hidden_size, self.codec = list(layer_ids), int(hidden_size), codec
         self.level = zstd_level
+        self.topk_logprobs = int(topk_logprobs)
+        self.schema = hidden_schema(self.topk_logprobs)
         self.threads = codecs.default_threads() if threads is None else max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dspark-encode") if self.threads > 1 else None
-        self._inflight: deque[tuple[str, np.ndarray, np.ndarray, int, Future[bytes]]] = deque()
+        self._inflight: deque[tuple[str, np.ndarray, np.ndarray, int, Future[list[bytes]]]] = deque()
         fingerprint = {
             "target": target,
             "target_revision": target_revision,
@@ -98,12 +111,13 @@ class HiddenStateWriter(CloseOnSuccess):
             "codec": codec,
             "zstd_level": zstd_level if codec != "raw" else None,
             "regen_fingerprint": regen_fingerprint,
+            **({"topk_logprobs": self.topk_logprobs} if self.topk_logprobs else {}),  # absent: old hashes hold
             **(extra_fingerprint or {}),
         }
         self.store = ShardWriter(
             directory,
             KIND_HIDDEN,
-            HIDDEN_SCHEMA,
+            self.schema,
             fingerprint,
             producer_config=producer_config,
             shard_bytes=shard_bytes,
@@ -111,6 +125,7 @@ class HiddenStateWriter(CloseOnSuccess):
             codec=codec,
             layer_ids=self.layer_ids,
             hidden_size=self.hidden_size,
+            topk_logprobs=self.topk_logprobs or None,
             overwrite=overwrite,
         )
 
@@ -126,8 +141,16 @@ class HiddenStateWriter(CloseOnSuccess):
     def complete(self) -> bool:
         return self.store.complete
 
-    def write(self, sample_id: str, input_ids: torch.Tensor, loss_mask: torch.Tensor, hidden: torch.Tensor) -> None:
-        """Queue one sample for encoding; it is appended (in call order) once encoded."""
+    def write(
+        self,
+        sample_id: str,
+        input_ids: torch.Tensor,
+        loss_mask: torch.Tensor,
+        hidden: torch.Tensor,
+        topk: TopK | None = None,
+    ) -> None:
+        """Queue one sample for encoding; it is appended (in call order) once encoded. `topk`: required
+        exactly when the dataset stores top-K log-probs (`topk_logprobs` > 0), [T, K] with that K."""
         t = int(input_ids.shape[0])
         expected = (t, len(self.layer_ids), self.hidden_size)
         if input_ids.dim() != 1 or tuple(loss_mask.shape) != (t,) or tuple(hidden.shape) != expected:
@@ -137,14 +160,16 @@ class HiddenStateWriter(CloseOnSuccess):
             )
         if hidden.dtype != torch.bfloat16:
             raise StoreError(f"sample {sample_id!r}: hidden states must be bfloat16, got {hidden.dtype}")
+        check_topk(sample_id, topk, t, self.topk_logprobs)
         ids = input_ids.detach().to("cpu", torch.int64).numpy()
         mask = loss_mask.detach().to("cpu", torch.bool).numpy()
-        future: Future[bytes] = Future()
+        future: Future[list[bytes]] = Future()
         if self._pool is None:
-            future.set_result(codecs.encode(self.codec, hidden, level=self.level, threads=1))
+            future.set_result(encode_payloads(self.codec, hidden, topk, self.level))
         else:
-            future = self._pool.submit(codecs.encode, self.codec, hidden, level=self.level, threads=1)
-        self._inflight.append((sample_id, ids, mask, hidden.numel() * 2, future))
+            future = self._pool.submit(encode_payloads, self.codec, hidden, topk, self.level)
+        raw = hidden.numel() * 2 + t * topk_codec.raw_bytes_per_token(self.topk_logprobs)
+        self._inflight.append((sample_id, ids, mask, raw, future))
         self._drain(keep=2 * self.threads)  # bounded: at most 2 samples per encoder thread in memory
 
     def _drain(self, keep: int = 0) -> None:
@@ -152,20 +177,10 @@ class HiddenStateWriter(CloseOnSuccess):
         while len(self._inflight) > keep:
             sample_id, ids, mask, raw_bytes, future = self._inflight.popleft()
             try:
-                payload = future.result()
+                payloads = future.result()
             except ValueError as exc:
                 raise StoreError(f"sample {sample_id!r}: cannot encode its hidden states ({exc})") from None
-            offsets = pa.array([0, len(ids)], pa.int32())
-            batch = pa.record_batch(
-                [
-                    pa.array([sample_id], pa.string()),
-                    pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
-                    pa.ListArray.from_arrays(offsets, pa.array(mask, pa.bool_())),
-                    _one_binary(payload),
-                ],
-                schema=HIDDEN_SCHEMA,
-            )
-            self.store.write_batch(batch, raw_bytes=[raw_bytes])
+            self.store.write_batch(hidden_row(sample_id, ids, mask, payloads), raw_bytes=[raw_bytes])
 
     def record_error(self, sample_id: str, reason: str, detail: str = "") -> None:
         self.store.record_error(sample_id, reason, detail)
@@ -208,6 +223,7 @@ class HiddenDataset:
         self.layer_ids: list[int] = list(m.layer_ids)
         self.hidden_size: int = int(m.hidden_size)
         self.codec: str = m.codec
+        self.topk_logprobs: int = int(m.topk_logprobs or 0)
 
     @property
     def ids(self) -> list[str]:
@@ -233,19 +249,63 @@ class HiddenDataset:
         sid = batch.column("id")[r].as_py()
         input_ids = _list_tensor(batch, "input_ids", r)
         loss_mask = _list_tensor(batch, "loss_mask", r)
-        col = batch.column("hidden")
-        offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
-        payload = memoryview(col.buffers()[2])[offsets[r] : offsets[r + 1]]  # zero-copy from the memory map
+        payload = _binary_view(batch.column("hidden"), r)
         shape = (int(input_ids.shape[0]), len(self.layer_ids), self.hidden_size)
         try:
             hidden = codecs.decode(self.codec, payload, shape, threads=self.threads)
         except ValueError as exc:
             shard = self.store.manifest.shards[self.store.shard_of(i)].file
             raise StoreError(f"{self.store.directory}/{shard}: sample {sid!r} (row {i}): {exc}") from None
-        return HiddenSample(sid, input_ids, loss_mask, hidden)
+        topk = None
+        if self.topk_logprobs:
+            try:
+                topk = topk_codec.decode(_binary_view(batch.column(TOPK_COLUMN), r), shape[0], self.topk_logprobs)
+            except ValueError as exc:
+                shard = self.store.manifest.shards[self.store.shard_of(i)].file
+                raise StoreError(f"{self.store.directory}/{shard}: sample {sid!r} (row {i}): {exc}") from None
+        return HiddenSample(sid, input_ids, loss_mask, hidden, topk)
 
     def get(self, i: int) -> HiddenSample:
         return self[i]
+
+
+def check_topk(sample_id: str, topk: TopK | None, tokens: int, k: int) -> None:
+    """A sample's top-K must be present exactly when the dataset stores one, and [T, K] with its K."""
+    if (topk is None) != (k == 0):
+        want = f"a top-{k} distribution" if k else "no top-K distribution (capture.topk_logprobs is 0)"
+        raise StoreError(f"sample {sample_id!r}: this dataset stores {want}, got {'none' if topk is None else 'one'}")
+    if topk is not None and (tuple(topk.ids.shape) != (tokens, k) or tuple(topk.logprobs.shape) != (tokens, k)
+                             or tuple(topk.tail.shape) != (tokens,)):
+        raise StoreError(f"sample {sample_id!r}: top-K ids {tuple(topk.ids.shape)}, logprobs "
+                         f"{tuple(topk.logprobs.shape)}, tail {tuple(topk.tail.shape)}; expected [{tokens}, {k}]")
+
+
+def encode_payloads(codec: str, hidden: torch.Tensor, topk: TopK | None, level: int) -> list[bytes]:
+    """The binary columns of one row: the hidden-state payload, then the top-K payload when present."""
+    out = [codecs.encode(codec, hidden, level=level, threads=1)]
+    if topk is not None:
+        out.append(topk_codec.encode(topk, level=level))
+    return out
+
+
+def hidden_row(sample_id: str, ids: np.ndarray, mask: np.ndarray, payloads: list[bytes]) -> pa.RecordBatch:
+    """The one-row record batch of a sample (the store's row, and the streamed record's)."""
+    offsets = pa.array([0, len(ids)], pa.int32())
+    return pa.record_batch(
+        [
+            pa.array([sample_id], pa.string()),
+            pa.ListArray.from_arrays(offsets, pa.array(np.asarray(ids, dtype=np.int64), pa.int64())),
+            pa.ListArray.from_arrays(offsets, pa.array(np.asarray(mask, dtype=bool), pa.bool_())),
+            *(_one_binary(p) for p in payloads),
+        ],
+        schema=hidden_schema(len(payloads) - 1),
+    )
+
+
+def _binary_view(col: pa.Array, r: int) -> memoryview:
+    """Row r of a large_binary column, zero-copy (from the memory map when the shard is mapped)."""
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int64, count=len(col) + 1, offset=col.offset * 8)
+    return memoryview(col.buffers()[2])[offsets[r] : offsets[r + 1]]
 
 
 def _one_binary(payload: bytes) -> pa.Array:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dspark_data.store.codecs import get_codec
+from dspark_data.store.topk import raw_bytes_per_token as topk_raw_bytes_per_token
 
 # measured on heavy-tailed synthetic activations and on the tiny targets (zstd level 1); the group codecs'
 # figures are the tiny target's (docs/formats/store.md). Prediction across layers pays by how correlated
@@ -24,6 +25,10 @@ TYPICAL_RATIO: dict[str, float] = {
 # per-sample bytes besides the payload: Arrow batch framing, token ids (int64), mask, index row
 PER_SAMPLE_OVERHEAD = 700
 PER_TOKEN_OVERHEAD = 9
+# the top-K column (uint32 ids + fp16 log-probs + fp32 tail) after zstd: the ids' high bytes compress, the
+# rest hardly. Measured 1.46-1.47x with ids spread over a 154,880 vocab (GLM-5's size), 1.7-1.8x on the
+# tiny target's 2,048 (bench/topk.py; docs/topk-targets.md)
+TOPK_TYPICAL_RATIO = 1.45
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class SizeProjection:
     codec: str
     tokens: int
     samples: int
-    raw_bytes: int  # bf16 hidden states: tokens * n_layers * hidden_size * 2
+    raw_bytes: int  # bf16 hidden states (tokens * n_layers * hidden_size * 2) plus the raw top-K column
     bytes: int  # projected bytes on disk
     ratio: float  # raw_bytes / bytes
     bytes_per_token: float
@@ -51,16 +56,21 @@ def project_size(
     samples: int = 0,
     shard_bytes: int = 1 << 30,
     measured_ratio: float | None = None,
+    topk_logprobs: int = 0,
 ) -> SizeProjection:
-    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`.
-    `measured_ratio`: raw bf16 bytes over *all* stored bytes of a capture of the same target with this
-    codec (its manifest totals), used instead of the typical ratio plus the fixed overheads."""
+    """Bytes and file count of a dataset of `tokens` tokens (`samples` conversations) with `codec`, plus
+    the top-K column when `topk_logprobs` > 0. `measured_ratio`: raw bytes (bf16 states + raw top-K) over
+    *all* stored bytes of a capture of the same target with this codec (its manifest totals), used instead
+    of the typical ratios plus the fixed overheads."""
     get_codec(codec)
-    raw = tokens * n_layers * hidden_size * 2
+    hidden = tokens * n_layers * hidden_size * 2
+    topk = tokens * topk_raw_bytes_per_token(topk_logprobs)
+    raw = hidden + topk
     if measured_ratio is not None:
         stored = int(raw / measured_ratio)
     else:
-        stored = int(raw / TYPICAL_RATIO[codec]) + samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
+        stored = int(hidden / TYPICAL_RATIO[codec]) + int(topk / TOPK_TYPICAL_RATIO)
+        stored += samples * PER_SAMPLE_OVERHEAD + tokens * PER_TOKEN_OVERHEAD
     shards = max(1, math.ceil(stored / shard_bytes)) if tokens else 0
     return SizeProjection(
         codec=codec,

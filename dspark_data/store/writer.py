@@ -98,6 +98,7 @@ class ShardWriter(CloseOnSuccess):
         codec: str | None = None,
         layer_ids: list[int] | None = None,
         hidden_size: int | None = None,
+        topk_logprobs: int | None = None,
         overwrite: bool = False,
     ):
         if "id" not in arrow_schema.names or arrow_schema.field("id").type not in (pa.string(), pa.large_string()):
@@ -135,6 +136,7 @@ class ShardWriter(CloseOnSuccess):
                 codec=codec,
                 layer_ids=layer_ids,
                 hidden_size=hidden_size,
+                topk_logprobs=topk_logprobs,
                 created_at=utc_now(),
                 updated_at=utc_now(),
             )
@@ -328,7 +330,7 @@ class ShardWriter(CloseOnSuccess):
             diffs.append(f"kind: {have.kind} -> {wanted.kind}")
         if have.fingerprint_hash != wanted.fingerprint_hash:
             diffs += fingerprint_differences(have.fingerprint, wanted.fingerprint) or ["fingerprint_hash"]
-        for name in ("columns", "length_column", "codec", "layer_ids", "hidden_size"):
+        for name in ("columns", "length_column", "codec", "layer_ids", "hidden_size", "topk_logprobs"):
             if getattr(have, name) != getattr(wanted, name):
                 diffs.append(f"{name}: {getattr(have, name)} -> {getattr(wanted, name)}")
         if diffs:

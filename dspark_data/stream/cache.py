@@ -71,6 +71,7 @@ def store_fingerprint(writer_kwargs: dict[str, Any]) -> dict[str, Any]:
         "codec": writer_kwargs["codec"],
         "zstd_level": writer_kwargs.get("zstd_level", 1) if writer_kwargs["codec"] != "raw" else None,
         "regen_fingerprint": writer_kwargs.get("regen_fingerprint"),
+        **({"topk_logprobs": int(k)} if (k := writer_kwargs.get("topk_logprobs")) else {}),
         **(writer_kwargs.get("extra_fingerprint") or {}),
     }
 

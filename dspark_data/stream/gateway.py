@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from dspark_data.capture.backend import Captured
 from dspark_data.capture.layers import LayerPlan
+from dspark_data.capture.logprobs import LogprobsError, from_position_dicts
 from dspark_data.capture.spool import SpoolError, take_record
 from dspark_data.capture.validate import check_capture
 from dspark_data.stream.auth import authorized
@@ -196,7 +197,7 @@ class Gateway:
         return req
 
     async def _capture(self, req: StreamRequest) -> bytes:
-        path = await self._submit(req)
+        path, prompt_logprobs = await self._submit(req)
         loop = asyncio.get_running_loop()
         try:
             record = await loop.run_in_executor(
@@ -205,15 +206,17 @@ class Gateway:
         except SpoolError as exc:
             timed_out = "timed out" in str(exc)
             raise GatewayError(504 if timed_out else 502, "spool", str(exc), retry=True) from None
-        return await loop.run_in_executor(self._work_pool, self._encode, req, record)
+        return await loop.run_in_executor(self._work_pool, self._encode, req, record, prompt_logprobs)
 
-    async def _submit(self, req: StreamRequest) -> Path:
-        """Run the prefill in vLLM; return the spool file its connector will write."""
+    async def _submit(self, req: StreamRequest) -> tuple[Path, Any]:
+        """Run the prefill in vLLM; return the spool file its connector will write (and the prompt log-probs
+        of the reply when the server stores the target's top-K)."""
         body = {
             "model": self.cfg.served_model,
             "prompt": req.input_ids,
             "max_tokens": 1,
             "temperature": 0.0,
+            **({"prompt_logprobs": self.cfg.info.topk_logprobs} if self.cfg.info.topk_logprobs else {}),
         }
         try:
             async with self.session().post(f"{self.cfg.upstream}/v1/completions", json=body) as resp:
@@ -232,16 +235,28 @@ class Gateway:
         path = Path(params["hidden_states_path"])
         if self.cfg.spool_dir is not None and path.parent.resolve() != self.cfg.spool_dir.resolve():
             raise GatewayError(502, "spool", f"vLLM names spool file {path} outside {self.cfg.spool_dir}")
-        return path
+        choices = reply.get("choices") or [{}]
+        return path, choices[0].get("prompt_logprobs")
 
-    def _encode(self, req: StreamRequest, record: Any) -> bytes:
+    def _encode(self, req: StreamRequest, record: Any, prompt_logprobs: Any = None) -> bytes:
         """Stored order, stored dtype, the same checks as dump-hidden, then the store's record bytes."""
         plan, info = self.cfg.plan, self.cfg.info
         if tuple(record.layer_ids) != plan.engine_ids:
             raise GatewayError(500, "layer_mismatch", f"engine captured {record.layer_ids}, expected {plan.engine_ids}")
         hidden = record.hidden[:, self._perm].to(torch.bfloat16)
         input_ids = torch.tensor(req.input_ids, dtype=torch.int64)
-        rejection = check_capture(input_ids, Captured(token_ids=record.token_ids, hidden=hidden), plan)
+        topk = None
+        if info.topk_logprobs:
+            if not prompt_logprobs or len(prompt_logprobs) != input_ids.numel():
+                got = len(prompt_logprobs) if prompt_logprobs else 0
+                raise GatewayError(502, "no_logprobs", f"vLLM's reply holds prompt log-probs for {got} positions, "
+                                   f"expected {input_ids.numel()}; was it started with --max-logprobs?")
+            try:
+                topk = from_position_dicts(prompt_logprobs[1:], info.topk_logprobs)
+            except LogprobsError as exc:
+                raise GatewayError(502, "no_logprobs", f"sample {req.id!r}: {exc}") from None
+        captured = Captured(token_ids=record.token_ids, hidden=hidden, topk=topk)
+        rejection = check_capture(input_ids, captured, plan)
         if rejection is not None:
             raise GatewayError(422, rejection.reason, f"sample {req.id!r}: {rejection.detail}")
         return encode_sample(
@@ -252,4 +267,5 @@ class Gateway:
             codec=info.codec,
             layer_ids=info.layer_ids,
             zstd_level=info.zstd_level,
+            topk=topk,
         )

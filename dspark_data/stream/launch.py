@@ -108,6 +108,7 @@ def stream_info(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, server_i
         hidden_size=setup.plan.hidden_size,
         codec=recipe.capture.codec,
         zstd_level=recipe.capture.zstd_level,
+        topk_logprobs=recipe.capture.topk_logprobs,
         max_inflight=opts.max_inflight,
         max_queue=opts.max_queue,
     )

@@ -5,7 +5,9 @@ sample `dump-hidden` would have stored, and the trainer's `--cache-dir` tees it 
 Sending the store's row (id, input_ids, loss_mask, codec payload) means the cache appends the received
 bytes unchanged (no re-encoding: an offline run over the cache decodes the very payload the streamed
 run decoded), and the codec (zstd-split, fp8) shrinks the transfer exactly as it shrinks the disk.
-The codec, layer ids and hidden size travel as schema metadata, since a lone row has no manifest.
+The codec, layer ids, hidden size and top-K size travel as schema metadata, since a lone row has no
+manifest. With `capture.topk_logprobs` K > 0 the row carries the store's `topk` column as well
+(`dspark_data.store.topk`), built by the same function as the store's, so it is the same bytes.
 """
 
 from __future__ import annotations
@@ -18,27 +20,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dspark_data.store import HIDDEN_SCHEMA, HiddenSample, codecs
-from schemas.stream import META_CODEC, META_FORMAT, META_HIDDEN_SIZE, META_LAYER_IDS, STREAM_FORMAT
+from dspark_data.store import HiddenSample, codecs
+from dspark_data.store import topk as topk_codec
+from dspark_data.store.hidden import TOPK_COLUMN, encode_payloads, hidden_row, hidden_schema
+from dspark_data.store.topk import TopK
+from schemas.stream import META_CODEC, META_FORMAT, META_HIDDEN_SIZE, META_LAYER_IDS, META_TOPK, STREAM_FORMAT
 
 
 class RecordError(ValueError):
     """A reply that is not a well-formed streamed sample, or not the sample that was asked for."""
-
-
-def hidden_batch(sample_id: str, input_ids: np.ndarray, loss_mask: np.ndarray, payload: bytes) -> pa.RecordBatch:
-    """The store's hidden-state row (as `HiddenStateWriter.write` builds it) for one encoded sample."""
-    t = int(input_ids.shape[0])
-    offsets = pa.array([0, t], pa.int32())
-    return pa.record_batch(
-        [
-            pa.array([sample_id], pa.string()),
-            pa.ListArray.from_arrays(offsets, pa.array(np.asarray(input_ids, dtype=np.int64), pa.int64())),
-            pa.ListArray.from_arrays(offsets, pa.array(np.asarray(loss_mask, dtype=bool), pa.bool_())),
-            pa.array([payload], pa.large_binary()),
-        ],
-        schema=HIDDEN_SCHEMA,
-    )
 
 
 def encode_sample(
@@ -50,19 +40,20 @@ def encode_sample(
     codec: str,
     layer_ids: Sequence[int],
     zstd_level: int = 1,
-    threads: int | None = None,
+    topk: TopK | None = None,
 ) -> bytes:
-    """bf16 states [T, L, H] -> the wire bytes (codec payload inside the store's row)."""
-    payload = codecs.encode(codec, hidden, level=zstd_level, threads=threads)
-    batch = hidden_batch(sample_id, np.asarray(input_ids), np.asarray(loss_mask), payload)
+    """bf16 states [T, L, H] (and the top-K, when the server stores one) -> the wire bytes (the store's row)."""
+    payloads = encode_payloads(codec, hidden, topk, zstd_level)
+    batch = hidden_row(sample_id, np.asarray(input_ids), np.asarray(loss_mask), payloads)
     metadata = {
         META_FORMAT: STREAM_FORMAT,
         META_CODEC: codec,
         META_LAYER_IDS: json.dumps([int(i) for i in layer_ids]),
         META_HIDDEN_SIZE: str(int(hidden.shape[-1])),
+        META_TOPK: str(topk.k if topk is not None else 0),
     }
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, HIDDEN_SCHEMA.with_metadata(metadata)) as writer:
+    with pa.ipc.new_stream(sink, batch.schema.with_metadata(metadata)) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
 
@@ -71,10 +62,11 @@ def encode_sample(
 class StreamedRecord:
     """A received sample still encoded: the row to tee into the store, and how to decode it."""
 
-    batch: pa.RecordBatch  # one row, HIDDEN_SCHEMA (metadata dropped)
+    batch: pa.RecordBatch  # one row, hidden_schema(topk_logprobs) (metadata dropped)
     codec: str
     layer_ids: list[int]
     hidden_size: int
+    topk_logprobs: int = 0
 
     @property
     def sample_id(self) -> str:
@@ -86,8 +78,9 @@ class StreamedRecord:
 
     @property
     def raw_bytes(self) -> int:
-        """Uncompressed bf16 size (the store's `raw_bytes` accounting)."""
-        return self.num_tokens * len(self.layer_ids) * self.hidden_size * 2
+        """Uncompressed size (the store's `raw_bytes` accounting): bf16 states plus the raw top-K."""
+        per_token = len(self.layer_ids) * self.hidden_size * 2 + topk_codec.raw_bytes_per_token(self.topk_logprobs)
+        return self.num_tokens * per_token
 
     def decode(self) -> HiddenSample:
         """The sample as the trainer sees it (decoded exactly as the store's reader decodes it)."""
@@ -97,7 +90,11 @@ class StreamedRecord:
         payload = self.batch.column("hidden")[0].as_buffer()
         shape = (int(ids.shape[0]), len(self.layer_ids), self.hidden_size)
         hidden = codecs.decode(self.codec, memoryview(payload), shape)
-        return HiddenSample(self.sample_id, ids, mask, hidden)
+        topk = None
+        if self.topk_logprobs:
+            topk_payload = memoryview(self.batch.column(TOPK_COLUMN)[0].as_buffer())
+            topk = topk_codec.decode(topk_payload, shape[0], self.topk_logprobs)
+        return HiddenSample(self.sample_id, ids, mask, hidden, topk)
 
 
 def read_record(data: bytes) -> StreamedRecord:
@@ -110,10 +107,12 @@ def read_record(data: bytes) -> StreamedRecord:
     meta = {k.decode(): v.decode() for k, v in (reader.schema.metadata or {}).items()}
     if meta.get(META_FORMAT) != STREAM_FORMAT:
         raise RecordError(f"reply format {meta.get(META_FORMAT)!r}, expected {STREAM_FORMAT!r}")
-    if not reader.schema.equals(HIDDEN_SCHEMA) or len(batches) != 1 or batches[0].num_rows != 1:
+    k = int(meta.get(META_TOPK, "0"))
+    schema = hidden_schema(k)
+    if not reader.schema.equals(schema) or len(batches) != 1 or batches[0].num_rows != 1:
         raise RecordError(f"reply must be one row of the hidden-state schema, got {reader.schema} x {len(batches)}")
-    batch = pa.record_batch(batches[0].columns, schema=HIDDEN_SCHEMA)
-    return StreamedRecord(batch, meta[META_CODEC], json.loads(meta[META_LAYER_IDS]), int(meta[META_HIDDEN_SIZE]))
+    batch = pa.record_batch(batches[0].columns, schema=schema)
+    return StreamedRecord(batch, meta[META_CODEC], json.loads(meta[META_LAYER_IDS]), int(meta[META_HIDDEN_SIZE]), k)
 
 
 def check_matches(record: StreamedRecord, sample_id: str, input_ids: np.ndarray, loss_mask: np.ndarray) -> None:

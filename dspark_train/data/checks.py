@@ -26,11 +26,23 @@ class DataMismatch(ValueError):
 @dataclass(frozen=True)
 class LayerSlots:
     aux: tuple[int, ...]  # stored-axis positions of the recipe's aux layers, in recipe order
-    last: int  # stored-axis position of the last layer id N
+    last: int | None  # stored-axis position of the last layer id N; None: targets from the stored top-K
+    topk: int = 0  # K of the top-K targets the trainer uses (0: exact targets from the last layer)
 
 
-def layer_slots(stored: Sequence[int], aux_layers: Sequence[int], num_target_layers: int, where: str) -> LayerSlots:
-    """Where the recipe's aux layers and the last layer N sit on the dataset's layer axis."""
+def layer_slots(
+    stored: Sequence[int],
+    aux_layers: Sequence[int],
+    num_target_layers: int,
+    where: str,
+    *,
+    include_last_layer: bool = True,
+    topk: int = 0,
+    stored_topk: int = 0,
+) -> LayerSlots:
+    """Where the recipe's aux layers and the last layer N sit on the dataset's layer axis, and which targets
+    the loss uses: the last layer when the recipe's capture.include_last_layer is true (exact), else the
+    stored top-K cut to the recipe's capture.topk_logprobs (so one capture at K serves runs at any K' <= K)."""
     stored = list(stored)
     missing = [layer for layer in aux_layers if layer not in stored]
     if missing:
@@ -39,13 +51,26 @@ def layer_slots(stored: Sequence[int], aux_layers: Sequence[int], num_target_lay
             f"{list(aux_layers)} needs {missing}: re-run `dspark dump-hidden` with this recipe, or set "
             f"capture.aux_layers to layers the data has"
         )
+    aux = tuple(stored.index(layer) for layer in aux_layers)
+    if not include_last_layer:
+        if topk <= 0:
+            raise DataMismatch(
+                "capture.include_last_layer=false and capture.topk_logprobs=0 leave the loss without targets: "
+                "set capture.topk_logprobs=K (the stored top-K) or include_last_layer=true"
+            )
+        if topk > stored_topk:
+            raise DataMismatch(
+                f"hidden-state data {where} stores the target's top-{stored_topk} log-probs, but the recipe asks "
+                f"capture.topk_logprobs={topk}: capture again with K >= {topk}, or set K <= {stored_topk}"
+            )
+        return LayerSlots(aux, None, topk)
     if num_target_layers not in stored:
         raise DataMismatch(
             f"hidden-state data {where} stores layer ids {stored} without the target's last layer "
             f"{num_target_layers} (needed for the loss targets): capture with capture.include_last_layer=true "
             f"from a target with {num_target_layers} layers"
         )
-    return LayerSlots(tuple(stored.index(layer) for layer in aux_layers), stored.index(num_target_layers))
+    return LayerSlots(aux, stored.index(num_target_layers))
 
 
 def check_hidden(source: HiddenSource, *, hidden_size: int, vocab_size: int, where: str, probe: int = 4) -> None:

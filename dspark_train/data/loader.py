@@ -36,9 +36,10 @@ class LoaderConfig:
     max_anchors: int
     span: int  # anchors.anchor_span(block_size, sample_from_anchor)
     aux_slots: tuple[int, ...]  # positions of the aux layers on the stored layer axis
-    last_slot: int  # position of the last layer on the stored layer axis
+    last_slot: int | None  # position of the last layer on the stored layer axis (None: top-K targets)
     num_workers: int = 2
     prefetch: int = 4
+    topk: int = 0  # K of the top-K targets (each sample's stored top-K cut to K); 0 with a last_slot
 
 
 class Prefetcher(Generic[K, T]):
@@ -119,7 +120,8 @@ class _BatchMaker:
             )
             for s in samples
         ]
-        return collate(samples, anchors, aux_slots=self.cfg.aux_slots, last_slot=self.cfg.last_slot, dummy=dummy)
+        return collate(samples, anchors, aux_slots=self.cfg.aux_slots, last_slot=self.cfg.last_slot,
+                       topk=self.cfg.topk, dummy=dummy)
 
 
 class TrainLoader:

@@ -29,7 +29,8 @@ class HiddenSample:
     id: str
     input_ids: torch.Tensor  # int64 [T]
     loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated (assistant turns)
-    hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers, then the last layer
+    hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers, then the last layer (when stored)
+    topk: Any = None  # dspark_data.store.topk.TopK: the target's top-K next-token distribution, when stored
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SourceInfo:
     hidden_size: int
     fingerprint: str
     target: str | None = None  # the target spec the data was captured from, when recorded
+    topk_logprobs: int = 0  # K of the stored top-K target log-probs (0: none)
 
 
 @runtime_checkable
@@ -103,11 +105,12 @@ class StoreSource(IndexedSource):
             hidden_size=int(manifest.hidden_size or 0),
             fingerprint=fingerprint,
             target=(manifest.fingerprint or {}).get("target"),
+            topk_logprobs=int(getattr(manifest, "topk_logprobs", None) or 0),
         )
 
     def get(self, index: int) -> HiddenSample:
         s = self._ds[index if self._rows is None else self._rows[index]]
-        return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden)
+        return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden, topk=s.topk)
 
 
 def open_source(

@@ -159,6 +159,7 @@ class StreamSource(IndexedSource):
             hidden_size=int(hidden_size),
             fingerprint="stream-" + fingerprint_of({"store": store_fingerprint(writer_kwargs), "ids": len(self._ids)}),
             target=recipe.target.model,
+            topk_logprobs=int(writer_kwargs.get("topk_logprobs") or 0),
         )
         self._owner = schedule_owners(
             self._ids,
@@ -178,7 +179,7 @@ class StreamSource(IndexedSource):
         s = self._from_cache(sid, index)
         if s is None:
             s = self._stream(index)
-        return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden)
+        return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden, topk=s.topk)
 
     # ------------------------------------------------------------------ cache
 
@@ -345,6 +346,7 @@ def expected_capture(recipe: Recipe, num_hidden_layers: int, hidden_size: int) -
         "hidden_size": hidden_size,
         "codec": capture.codec,
         "zstd_level": capture.zstd_level,
+        "topk_logprobs": capture.topk_logprobs,
     }
 
 
@@ -410,6 +412,7 @@ def stream_writer_kwargs(
         "extra_fingerprint": {"backend": "vllm", "engine_dtype": recipe.target.dtype},
         "producer_config": {"stream": {"endpoints": list(endpoints)}, "capture": recipe.capture.model_dump()},
         "shard_bytes": recipe.capture.shard_bytes,
+        "topk_logprobs": recipe.capture.topk_logprobs,
     }
 
 def stream_overrides(
