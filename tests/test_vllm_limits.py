@@ -168,7 +168,7 @@ def test_seed_recipe_layout_captures_true_states_on_gpu(version, platform):
     """glm52-dspark's layout (TP 1 x DP 4 + EP) passes on CUDA and ROCm; the seed card's TP 4 does not."""
     from schemas.loading import load_recipe
 
-    r = load_recipe("glm52-dspark", ["capture.include_last_layer=false"])  # id N: capture.topk_logprobs instead
+    r = load_recipe("glm52-dspark")  # no id N: the targets come from capture.topk_logprobs
     plan = plan_layers(r.capture.aux_layers, r.capture.include_last_layer, 78, 6144)
     check_vllm_support(GLM, plan, r.target.tensor_parallel_size, platform, version)
     assert r.target.data_parallel_size * r.target.tensor_parallel_size == 4 and r.target.enable_expert_parallel
