@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,12 @@ from safetensors.torch import load_file
 from dspark_data.store import HiddenStateWriter, open_hidden
 from dspark_data.store.groupq import QuantPlanes
 from dspark_data.store.parts import open_hidden_any, part_name
+from dspark_data.store.topk import TopK
 from dspark_data.vocab import build_vocab
 from dspark_train import trainer as trainer_mod
 from dspark_train.data import LoaderConfig, SyntheticHiddenSource, TrainLoader
 from dspark_train.data.collate import DeferredHidden, collate
-from dspark_train.data.source import StoreSource
+from dspark_train.data.source import HiddenSample, StoreSource
 from dspark_train.train import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe
@@ -95,6 +97,19 @@ def test_loader_hands_over_planes_for_group_codecs_only(stored) -> None:
     alike = collate([group.get(0), group.get(1)], [torch.tensor([3]), torch.tensor([4])],
                     aux_slots=(0, 1, 2), last_slot=3)
     assert mixed.deferred is None and torch.equal(_bits(mixed.context_hidden), _bits(alike.context_hidden))
+
+    # Top-K targets (no last layer among the slots): only the context is deferred.
+    def with_topk(s: HiddenSample) -> HiddenSample:
+        t = int(s.input_ids.shape[0])
+        return replace(s, topk=TopK(torch.zeros(t, 2, dtype=torch.long), torch.zeros(t, 2, dtype=torch.float16),
+                                    torch.zeros(t)))
+
+    anchors = [torch.tensor([3]), torch.tensor([4])]
+    tk = collate([with_topk(group.get_deferred(i)) for i in (0, 1)], anchors, aux_slots=(1, 3), last_slot=None,
+                 topk=2)
+    tk_eager = collate([with_topk(group.get(i)) for i in (0, 1)], anchors, aux_slots=(1, 3), last_slot=None, topk=2)
+    assert tk.deferred is not None and tk.to("cpu").target_hidden is None
+    assert torch.equal(_bits(tk.to("cpu").context_hidden), _bits(tk_eager.context_hidden))
 
 
 def _run(recipe, data: Path, vocab: Path, out: Path, device: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
