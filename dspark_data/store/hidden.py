@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dspark_data.store import codecs
+from dspark_data.store import codecs, groupq
 from dspark_data.store import topk as topk_codec
 from dspark_data.store.manifest import StoreError
 from dspark_data.store.reader import ShardDataset, open_dataset
@@ -61,7 +61,7 @@ class HiddenSample:
     id: str
     input_ids: torch.Tensor  # int64 [T]
     loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated
-    hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers in recipe order, then the last layer
+    hidden: torch.Tensor | groupq.QuantPlanes  # bf16 [T, L, H]: aux layers in recipe order, then the last layer
     topk: TopK | None = None  # the target's top-K next-token distribution, when the dataset stores one
 
 
@@ -245,6 +245,18 @@ class HiddenDataset:
         return batch.column("id")[r].as_py(), _list_tensor(batch, "input_ids", r), _list_tensor(batch, "loss_mask", r)
 
     def __getitem__(self, i: int) -> HiddenSample:
+        return self._read(i, deferred=False)
+
+    def get(self, i: int) -> HiddenSample:
+        return self[i]
+
+    def get_deferred(self, i: int) -> HiddenSample:
+        """Sample i with only the CPU half of decoding done (`groupq.decode_deferred`): `hidden` is
+        `QuantPlanes` for a group-quantised codec (the trainer dequantises them on its device, `Batch.to`),
+        the bf16 tensor for the others."""
+        return self._read(i, deferred=True)
+
+    def _read(self, i: int, *, deferred: bool) -> HiddenSample:
         batch, r = self.store.record(i)
         sid = batch.column("id")[r].as_py()
         input_ids = _list_tensor(batch, "input_ids", r)
@@ -252,7 +264,8 @@ class HiddenDataset:
         payload = _binary_view(batch.column("hidden"), r)
         shape = (int(input_ids.shape[0]), len(self.layer_ids), self.hidden_size)
         try:
-            hidden = codecs.decode(self.codec, payload, shape, threads=self.threads)
+            decode = groupq.decode_deferred if deferred else codecs.decode
+            hidden = decode(self.codec, payload, shape, threads=self.threads)
         except ValueError as exc:
             shard = self.store.manifest.shards[self.store.shard_of(i)].file
             raise StoreError(f"{self.store.directory}/{shard}: sample {sid!r} (row {i}): {exc}") from None
@@ -264,9 +277,6 @@ class HiddenDataset:
                 shard = self.store.manifest.shards[self.store.shard_of(i)].file
                 raise StoreError(f"{self.store.directory}/{shard}: sample {sid!r} (row {i}): {exc}") from None
         return HiddenSample(sid, input_ids, loss_mask, hidden, topk)
-
-    def get(self, i: int) -> HiddenSample:
-        return self[i]
 
 
 def check_topk(sample_id: str, topk: TopK | None, tokens: int, k: int) -> None:

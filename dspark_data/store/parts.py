@@ -107,6 +107,10 @@ class PartsDataset:
     def get(self, i: int) -> Any:
         return self[i]
 
+    def get_deferred(self, i: int) -> Any:
+        part, r = self.part_of(i)
+        return part.get_deferred(r)
+
     def tokens(self, i: int) -> Any:
         part, r = self.part_of(i)
         return part.tokens(r)

@@ -352,6 +352,10 @@ class CacheDataset:
     def get(self, i: int) -> HiddenSample:
         return self[i]
 
+    def get_deferred(self, i: int) -> HiddenSample:
+        ds, row = self._rows[i]
+        return ds.get_deferred(row)
+
 
 def open_cache(cache_dir: Path) -> CacheDataset:
     """Read a stream cache written by `dspark train --stream --cache-dir DIR` as one dataset."""

@@ -21,7 +21,7 @@ from dspark_train.data.anchors import sample_anchors
 from dspark_train.data.checks import DataMismatch
 from dspark_train.data.collate import Batch, collate
 from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import HiddenSource
+from dspark_train.data.source import HiddenSample, HiddenSource
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -40,6 +40,8 @@ class LoaderConfig:
     num_workers: int = 2
     prefetch: int = 4
     topk: int = 0  # K of the top-K targets (each sample's stored top-K cut to K); 0 with a last_slot
+    # Group codecs: threads only entropy-decode, `Batch.to(device)` dequantises (collate.py); False: all on the CPU
+    device_dequant: bool = True
 
 
 class Prefetcher(Generic[K, T]):
@@ -105,10 +107,12 @@ class _BatchMaker:
         self.source = source
         self.cfg = cfg
         self.fallback = fallback
+        deferred = getattr(source, "get_deferred", None) if cfg.device_dequant else None  # stored data only
+        self.read: Callable[[int], HiddenSample] = deferred or source.get
 
     def __call__(self, indices: Sequence[int], epoch: int | str) -> Batch:
         dummy = not indices
-        samples = [self.source.get(i) for i in (indices or [self.fallback])]
+        samples = [self.read(i) for i in (indices or [self.fallback])]
         anchors = [
             sample_anchors(
                 s.loss_mask,

@@ -15,11 +15,14 @@ import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from dspark_data.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from dspark_data.store.groupq import QuantPlanes
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class HiddenSample:
     id: str
     input_ids: torch.Tensor  # int64 [T]
     loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated (assistant turns)
-    hidden: torch.Tensor  # bfloat16 [T, L, H]: aux layers, then the last layer (when stored)
+    hidden: torch.Tensor | QuantPlanes  # bf16 [T, L, H]: aux layers, then the last layer (when stored);
+    # QuantPlanes only from `get_deferred` (group codecs, dequantised on the batch's device)
     topk: Any = None  # dspark_data.store.topk.TopK: the target's top-K next-token distribution, when stored
 
 
@@ -109,7 +113,18 @@ class StoreSource(IndexedSource):
         )
 
     def get(self, index: int) -> HiddenSample:
-        s = self._ds[index if self._rows is None else self._rows[index]]
+        return self._sample(self._ds[self._row(index)])
+
+    def get_deferred(self, index: int) -> HiddenSample:
+        """`get` with the group codecs' dequantisation left to the batch's device: `hidden` is the store's
+        `QuantPlanes` for them (`collate` pads them, `Batch.to` dequantises), the bf16 tensor otherwise."""
+        return self._sample(self._ds.get_deferred(self._row(index)))
+
+    def _row(self, index: int) -> int:
+        return index if self._rows is None else self._rows[index]
+
+    @staticmethod
+    def _sample(s: Any) -> HiddenSample:
         return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden, topk=s.topk)
 
 
