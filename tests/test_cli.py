@@ -13,7 +13,7 @@ runner = CliRunner()
 
 COMMANDS = [
     "regen", "dump-hidden", "vocab", "train", "export", "eval", "inspect", "verify", "report", "demo",
-    "serve-target", "config",
+    "serve-target", "config", "codecs",
 ]
 
 
