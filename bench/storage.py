@@ -20,7 +20,6 @@ a dataset is larger than RAM, the normal case at 10+ TB).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -28,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dspark_data.store import HiddenStateWriter, open_hidden  # noqa: E402
 from dspark_data.store.codecs import decode, encode  # noqa: E402
+from dspark_data.store.trial import one_torch_thread  # noqa: E402
 from dspark_train.data.loader import Prefetcher  # noqa: E402
 
 CODECS = ["raw", "zstd-split", "fp8"]
@@ -249,7 +249,7 @@ def bench_codecs(title: str, samples: list[Sample]) -> dict[str, dict[str, float
             for p, x in zip(ps, xs, strict=True):
                 decode(c, p, x.shape, threads=threads)
 
-        with _one_torch_thread():  # per-core figures: no intra-op helper threads spinning on the CPU clock
+        with one_torch_thread():  # per-core figures: no intra-op helper threads spinning on the CPU clock
             encode_cpu = raw / _best(enc_serial, time.process_time) / 1e6
             decode_cpu = raw / _best(lambda: dec(1), time.process_time) / 1e6
         row = {
@@ -267,16 +267,6 @@ def bench_codecs(title: str, samples: list[Sample]) -> dict[str, dict[str, float
                                               "decode_mb_cpu_s", "decode_mb_s_wall")))
     console.print(t)
     return out
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _writer_mb_s(codec: str, samples: list[Sample], min_bytes: int = 256 << 20) -> float:

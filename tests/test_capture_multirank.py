@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from test_capture_support import random_sequences, rel_err
+from test_capture_support import per_layer_errors, random_sequences, rel_err
 from test_stream_support import VLLM_ENV, VLLM_SETS, Server, free_port, make_regen
 
 from dspark_data.capture import EngineOptions, capture_all, plan_layers
@@ -68,15 +68,6 @@ def _prompt_topk(engine: VllmCapture, seqs: list[list[int]]) -> list[torch.Tenso
     return out
 
 
-def _worst(plan, got, want) -> dict[int, float]:
-    worst: dict[int, float] = {}
-    for a, b in zip(got, want, strict=True):
-        assert a.token_ids.tolist() == b.token_ids.tolist()
-        for j, layer in enumerate(plan.stored_ids):
-            worst[layer] = max(worst.get(layer, 0.0), rel_err(a.hidden[:, j], b.hidden[:, j]))
-    return worst
-
-
 @pytest.mark.parametrize("target", ["tiny:random", "tiny:mla"])
 def test_tp2_capture_matches_tp1(target):
     """Every stored layer (aux ids and id N) at TP 2 equals TP 1 within bf16 noise, and both match transformers."""
@@ -86,9 +77,9 @@ def test_tp2_capture_matches_tp1(target):
     _, tp2, top2 = _capture(target, 2, seqs)
     hf = capture_all(HfCapture(resolve_target(target), plan, EngineOptions(dtype="bfloat16")), seqs)
     errors = {
-        "tp2 vs tp1": _worst(plan, tp2, tp1),
-        "tp1 vs hf": _worst(plan, tp1, hf),
-        "tp2 vs hf": _worst(plan, tp2, hf),
+        "tp2 vs tp1": per_layer_errors(plan, tp2, tp1),
+        "tp1 vs hf": per_layer_errors(plan, tp1, hf),
+        "tp2 vs hf": per_layer_errors(plan, tp2, hf),
     }
     print(f"{target} bf16 worst relative error per layer id:",
           {k: {layer: f"{e:.1e}" for layer, e in v.items()} for k, v in errors.items()})

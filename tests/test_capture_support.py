@@ -45,3 +45,13 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def per_layer_errors(plan, got, want) -> dict[int, float]:  # noqa: ANN001 - a LayerPlan and two Captured lists
+    """Worst relative error per stored layer id over paired captures (token ids must match exactly)."""
+    worst: dict[int, float] = {}
+    for a, b in zip(got, want, strict=True):
+        assert a.token_ids.tolist() == b.token_ids.tolist()
+        for j, layer in enumerate(plan.stored_ids):
+            worst[layer] = max(worst.get(layer, 0.0), rel_err(a.hidden[:, j], b.hidden[:, j]))
+    return worst

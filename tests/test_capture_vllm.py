@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from test_capture_support import make_regen, random_sequences, rel_err, tiny_recipe
+from test_capture_support import make_regen, per_layer_errors, random_sequences, rel_err, tiny_recipe
 
 from dspark_data.capture import EngineOptions, capture_all, dump_hidden, plan_layers
 from dspark_data.capture.hf_backend import HfCapture
@@ -20,15 +20,6 @@ from dspark_data.store import open_hidden
 from dspark_data.targets import load_target_info, resolve_target
 
 pytestmark = pytest.mark.vllm
-
-
-def _per_layer_errors(plan, got, want) -> dict[int, float]:
-    worst: dict[int, float] = {}
-    for a, b in zip(got, want, strict=True):
-        assert a.token_ids.tolist() == b.token_ids.tolist()
-        for j, layer in enumerate(plan.stored_ids):
-            worst[layer] = max(worst.get(layer, 0.0), rel_err(a.hidden[:, j], b.hidden[:, j]))
-    return worst
 
 
 def _vllm_vs_hf(model_dir: str, aux: list[int], dtype: str, n: int = 12):
@@ -47,7 +38,7 @@ def _vllm_vs_hf(model_dir: str, aux: list[int], dtype: str, n: int = 12):
         engine.close()
     assert not spool.exists()
     want = capture_all(HfCapture(model_dir, plan, EngineOptions(dtype=dtype)), seqs)
-    return plan, seqs, got, _per_layer_errors(plan, got, want)
+    return plan, seqs, got, per_layer_errors(plan, got, want)
 
 
 def test_vllm_float32_parity_on_every_layer(tiny_random_target):
