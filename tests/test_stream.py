@@ -20,7 +20,6 @@ import pytest
 import torch
 from aiohttp import web
 from test_stream_support import (
-    ROOT,
     SMALL,
     Server,
     cli_train_argv,
@@ -171,7 +170,7 @@ def test_server_killed_and_restarted_mid_epoch(env, streamed, tmp_path) -> None:
     slow = Server(free_port(), fake=True, sets=SMALL, log=tmp_path / "slow.log", extra=["--fake-delay-s", "0.3"])
     slow.start().wait_ready(120)
     argv = train_argv(env["regen"], tmp_path / "out", [slow.url], nproc=2, sets=SMALL, cache=tmp_path / "cache")
-    trainer = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    trainer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120

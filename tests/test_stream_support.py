@@ -88,7 +88,7 @@ class Server:
             argv += ["--set", item]
         argv += (["--fake-upstream"] if self.fake else []) + self.extra
         out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True)
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=out, start_new_session=True)
         return self
 
     def wait_ready(self, timeout_s: float = 300.0, headers: dict[str, str] | None = None) -> dict:
@@ -180,7 +180,7 @@ def offline_argv(data: Path, out: Path, *, nproc: int, sets: list[str], extra: l
 
 def run(argv: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout_s)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout_s)
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ import time
 
 import pytest
 from test_stream_support import (
-    ROOT,
     SMALL,
     VLLM_ENV,
     VLLM_SETS,
@@ -71,7 +70,7 @@ def test_server_killed_and_restarted_mid_epoch(real, tmp_path) -> None:
     slow = [*SMALL, "train.num_workers=1", "train.prefetch=1"]  # one request at a time per rank: a long epoch
     argv = train_argv(real["regen"], tmp_path / "out", [server.url], nproc=2, sets=slow, cache=tmp_path / "cache")
     before = server.stats()["served"]
-    trainer = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    trainer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 300

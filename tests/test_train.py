@@ -209,7 +209,7 @@ def _torchrun(data: dict, out: Path, *extra: str) -> subprocess.CompletedProcess
     for item in SMALL:
         argv += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*argv, *extra], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    return subprocess.run([*argv, *extra], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_two_process_gloo_ddp_exact_resume(data, tmp_path) -> None:
