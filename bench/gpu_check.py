@@ -12,6 +12,8 @@ Rows (each in its own subprocess with a timeout, so one failure or hang does not
 - topk-logprobs-{mrv2,v1}: the engine's prompt log-probs (`SamplingParams(prompt_logprobs=K)`, float32) against
   transformers' log_softmax, every position's top K; then, when the recipe has `capture.topk_logprobs`,
   `dspark dump-hidden --set capture.topk_logprobs=K` + `dspark verify` on the same engine path.
+- device-dequant: tests/test_device_dequant.py (group codecs dequantised on the trainer's device, bit for bit
+  the CPU decode), whose CUDA comparison runs only on a GPU.
 - flex-train: a few bf16 AdamW steps of a DSpark draft with flex attention (the trainer's CUDA default)
   and with the SDPA boolean mask (the CPU path), from the same weights: losses and gradients must agree.
 - dspark-serve: a tiny DSpark draft trained on the trained tiny target (the same pipeline as
@@ -329,6 +331,23 @@ def row_dspark_serve() -> dict[str, str]:
                    f"<= {SERVE_RATE_TOL}, <= {SERVE_LENGTH_TOL}", "; ".join(notes))
 
 
+def row_device_dequant() -> dict[str, str]:
+    """The trainer's device-side dequantisation of group codecs (issue 13): loader threads entropy-decode to
+    int8 planes, `Batch.to(device)` dequantises there. tests/test_device_dequant.py compares it with the
+    eager CPU decode bit for bit, batch by batch and over a short training run; its CUDA test runs here."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_device_dequant.py"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    if proc.returncode != 0:
+        return _result("FAIL", summary, "bit-identical", (proc.stdout + proc.stderr)[-400:])
+    if not _cuda():
+        return _result("PASS", summary, "bit-identical", "CPU path only (the CUDA comparison needs a GPU)")
+    if "skipped" in summary:
+        return _result("FAIL", summary, "bit-identical", "the CUDA comparison was skipped on a CUDA machine")
+    return _result("PASS", summary, "bit-identical", "CPU and CUDA paths")
+
+
 # ---------------------------------------------------------------- the table
 
 ROWS: dict[str, tuple[Callable[[], dict[str, str]], int]] = {
@@ -339,6 +358,7 @@ ROWS: dict[str, tuple[Callable[[], dict[str, str]], int]] = {
     "topk-logprobs-mrv2": (lambda: row_topk("mrv2"), 420),
     "topk-logprobs-v1": (lambda: row_topk("v1"), 420),
     "flex-train": (row_flex_train, 240),
+    "device-dequant": (row_device_dequant, 420),
     "dspark-serve": (row_dspark_serve, 540),
 }
 
