@@ -37,14 +37,18 @@ _REAPER = r"""
 import os, select, signal, sys
 import psutil
 token, client, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-since = psutil.Process().create_time()  # the same clock as the others' (psutil's is not time.time())
+# the client's descendants when start_reaper() ran ("pid:create_time,..."): never the engine's. (A start-time
+# cut-off is not enough: psutil's create_time has clock-tick resolution, and a process started in the same
+# tick as this one would be left out.)
+before = {int(p): float(t) for p, t in (e.split(":") for e in sys.argv[4].split(",") if e)}
 seen = {}
 def snapshot():
     try:
         for proc in psutil.Process(client).children(recursive=True):
             started = proc.create_time()
-            if started > since and proc.pid != os.getpid():  # after start_reaper(): the engine's, not others
-                seen.setdefault(proc.pid, started)
+            if proc.pid == os.getpid() or abs(before.get(proc.pid, -1.0) - started) < 1e-3:
+                continue
+            seen.setdefault(proc.pid, started)
     except psutil.Error:
         pass
 fd, message = sys.stdin.buffer.fileno(), b""
@@ -119,16 +123,32 @@ class EngineReaper:
         self._release(b"")
 
 
+def _descendants(psutil) -> str:  # noqa: ANN001 - the psutil module, imported by the caller
+    """This process's descendants as "pid:create_time,...": the processes the reaper must spare.
+
+    A child that exits while being listed makes psutil raise; the listing is retried (a few times) rather
+    than left empty, since an empty one would let the reaper count those processes as the engine's."""
+    for _ in range(5):
+        try:
+            return ",".join(f"{p.pid}:{p.create_time()!r}" for p in psutil.Process().children(recursive=True))
+        except psutil.Error:
+            continue
+    raise OSError("could not list this process's children")
+
+
 def start_reaper() -> EngineReaper:
     """Start a reaper for the processes this process starts from now on: call it before the engine starts.
 
     No-op, with a warning, if that fails.
     """
     try:
+        import psutil
+
         token = f"{os.getpid()}-{secrets.token_hex(8)}"
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        before = _descendants(psutil)
         proc = subprocess.Popen(
-            [sys.executable, "-c", _REAPER, token, str(os.getpid()), str(SNAPSHOT_INTERVAL_S)],
+            [sys.executable, "-c", _REAPER, token, str(os.getpid()), str(SNAPSHOT_INTERVAL_S), before],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

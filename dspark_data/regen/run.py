@@ -29,7 +29,7 @@ from dspark_data.regen.progress import RegenProgress, RunStats
 from dspark_data.regen.reasoning import ReasoningSplitter
 from dspark_data.regen.sampling import check_engine_defaults, resolve_sampling, target_generation_defaults
 from dspark_data.regen.summary import dataset_totals, write_summary
-from dspark_data.shutdown import GracefulStop
+from dspark_data.shutdown import GracefulStop, check_stop
 from dspark_data.store import ShardWriter, load_manifest
 from dspark_data.store.manifest import StoreError
 from schemas.base import fingerprint as fingerprint_hash
@@ -100,6 +100,27 @@ def run_regen(
     `OpenAIBackend` arguments (backoff_base_s, backoff_max_s, model). `window`: prompts kept in open
     groups (default max(4 x shard_samples, 2048)).
     """
+    # SIGTERM from here on is a request (planning included, so no instant of the run dies on the default
+    # handler): the driver stops after its next commit, the turns in flight are discarded, the engine closed.
+    with GracefulStop("regen"):
+        return _run_regen(recipe, out, num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
+                          progress=progress, window=window, llm=llm, enforce_eager=enforce_eager,
+                          openai_options=openai_options)
+
+
+def _run_regen(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    num_shards: int,
+    shard_index: int,
+    overwrite: bool,
+    progress: bool,
+    window: int | None,
+    llm: Any,
+    enforce_eager: bool | None,
+    openai_options: dict[str, Any] | None,
+) -> RegenSummary:
     from dspark_data.targets import resolve_target
 
     out = part_dir(out, num_shards, shard_index)
@@ -139,9 +160,8 @@ def run_regen(
     }
     stats = RunStats()
     backend: Any = None
-    # SIGTERM: the driver stops after its next commit, the turns in flight are discarded, the engine closed.
-    stop = GracefulStop("regen").__enter__()
     try:
+        check_stop("regen", "before any request; nothing new was written")
         if _anything_left(out, plan, fingerprint_hash(fp), overwrite):
             # Start the engine before opening the writer: vLLM forks its engine processes, and a fork
             # made after the writer took its lock would keep the lock alive past a SIGKILL of this process.
@@ -172,7 +192,6 @@ def run_regen(
             writer.abort()
             raise
     finally:
-        stop.__exit__(None, None, None)
         if backend is not None:
             backend.close()
     return write_summary(

@@ -31,10 +31,13 @@ pytestmark = pytest.mark.slow
 
 
 def _sigterm_trials(
-    argv_for: Callable[[Path], list[str]], tmp_path: Path, *, marker: str, span_s: float, trials: int, seed: int,
+    argv_for: Callable[[Path], list[str]], tmp_path: Path, *, marker: str, span_s: float | tuple[float, float],
+    trials: int, seed: int,
     check_stopped: Callable[[Path], None], check_final: Callable[[Path], None],
 ) -> dict[str, int]:
-    """SIGTERM each trial at a seeded instant after `marker` shows in its log; check, rerun, compare."""
+    """SIGTERM each trial at a seeded instant after `marker` shows in its log (uniform in [0, span_s] or in the
+    (low, high) pair); check, rerun, compare."""
+    low, high = span_s if isinstance(span_s, tuple) else (0.0, span_s)
     rng = random.Random(seed)
     outcomes: dict[str, int] = {}
     for trial in range(trials):
@@ -43,7 +46,7 @@ def _sigterm_trials(
         deadline = time.monotonic() + 300
         while proc.is_alive() and time.monotonic() < deadline and marker not in harness.log_tail(log, 100_000):
             time.sleep(0.02)
-        proc.join(rng.uniform(0.0, span_s))
+        proc.join(rng.uniform(low, high))
         if proc.is_alive():
             os.kill(proc.pid, signal.SIGTERM)
             proc.join(60)
@@ -101,12 +104,12 @@ def test_regen_stops_cleanly_on_sigterm(tiny_random_target, prompts_file, tmp_pa
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_random_target)
-    with FakeVllmServer(tok, latency_s=0.05) as server:
+    with FakeVllmServer(tok, latency_s=0.2) as server:
         argv = lambda out: with_sets(  # noqa: E731
             "regen", regen_sets(tiny_random_target, prompts_file, server.url), "--out", str(out), "--no-progress"
         )
         ref = tmp_path / "reference"
-        harness.run_ok(argv(ref), tmp_path / "reference.log")
+        ref_s = harness.run_ok(argv(ref), tmp_path / "reference.log")
         ref_rows, ref_errors = _rows(ref), _error_ids(ref)
         assert len(ref_rows) == 16
 
@@ -119,6 +122,8 @@ def test_regen_stops_cleanly_on_sigterm(tiny_random_target, prompts_file, tmp_pa
             harness.verify_clean(out)
             assert _rows(out) == ref_rows and _error_ids(out) == ref_errors
 
-        outcomes = _sigterm_trials(argv, tmp_path, marker="$ dspark", span_s=3.0, trials=4, seed=1518,
-                                   check_stopped=check_stopped, check_final=check_final)
-    assert outcomes.get("stopped cleanly", 0) >= 1  # 2 of 4 here; timing decides
+        # SIGTERM inside the run as this machine times it (an idle CI runner finished a fixed 3 s window's
+        # every trial before the signal): between a quarter and 90% of the reference run
+        outcomes = _sigterm_trials(argv, tmp_path, marker="$ dspark", span_s=(0.25 * ref_s, 0.9 * ref_s), trials=4,
+                                   seed=1518, check_stopped=check_stopped, check_final=check_final)
+    assert outcomes.get("stopped cleanly", 0) >= 1
