@@ -107,13 +107,18 @@ class OracleDraft:
         return Proposal(ids, ids, logits, torch.softmax(logits, -1), torch.full((1, num_tokens), 0.9))
 
 
-def test_oracle_draft_counts_every_position(tiny_random_target: str):
-    target = HfTarget(tiny_random_target, [1, 3, 5], dtype="float32")
-    tok = AutoTokenizer.from_pretrained(tiny_random_target)
-    ids = chat_ids(tok, [{"role": "user", "content": "Sort a list."}])
-    ref = AutoModelForCausalLM.from_pretrained(tiny_random_target, dtype=torch.float32).eval()
+def _greedy_continuation(target_dir: str, prompt: str) -> tuple[HfTarget, list[int], list[int]]:
+    """The fp32 target, a one-turn prompt's ids and transformers' own greedy 60-token continuation of it."""
+    target = HfTarget(target_dir, [1, 3, 5], dtype="float32")
+    ids = chat_ids(AutoTokenizer.from_pretrained(target_dir), [{"role": "user", "content": prompt}])
+    ref = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
     cont = ref.generate(torch.tensor([ids]), max_new_tokens=60, do_sample=False, eos_token_id=None,
                         pad_token_id=0)[0, len(ids):].tolist()
+    return target, ids, cont
+
+
+def test_oracle_draft_counts_every_position(tiny_random_target: str):
+    target, ids, cont = _greedy_continuation(tiny_random_target, "Sort a list.")
     draft = OracleDraft(cont, len(ids), 2048)
     gen = speculate(target, draft, ids, k=7, max_new_tokens=33, params=SamplingParams(), eos_ids=set(),
                     generator=torch.Generator().manual_seed(0))
@@ -130,12 +135,7 @@ def test_a_draft_right_on_three_of_seven_positions(tiny_random_target: str):
     """A hand-built case with known acceptance: every draft's first 3 tokens are the target's greedy ones,
     the 4th is wrong. Each step then emits 3 accepted + 1 target token, so 32 tokens after the prefill's
     take 8 drafts, the per-position rates are exactly [1, 1, 1, 0, 0, 0, 0] and Avg Length is 4."""
-    target = HfTarget(tiny_random_target, [1, 3, 5], dtype="float32")
-    tok = AutoTokenizer.from_pretrained(tiny_random_target)
-    ids = chat_ids(tok, [{"role": "user", "content": "Reverse a string."}])
-    ref = AutoModelForCausalLM.from_pretrained(tiny_random_target, dtype=torch.float32).eval()
-    cont = ref.generate(torch.tensor([ids]), max_new_tokens=60, do_sample=False, eos_token_id=None,
-                        pad_token_id=0)[0, len(ids):].tolist()
+    target, ids, cont = _greedy_continuation(tiny_random_target, "Reverse a string.")
     gen = speculate(target, OracleDraft(cont, len(ids), 2048, correct=3), ids, k=7, max_new_tokens=33,
                     params=SamplingParams(), eos_ids=set(), generator=torch.Generator().manual_seed(0))
     assert gen.tokens == cont[:33]  # still lossless
