@@ -37,7 +37,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dspark_data.store import codecs, open_hidden  # noqa: E402
-from dspark_data.store.groupq import decode_deferred  # noqa: E402
+from dspark_data.store.codecs import decode_deferred  # noqa: E402
 from dspark_data.store.trial import one_torch_thread, trial_codecs  # noqa: E402
 from dspark_train.codec_trial import paired, recipe_with_seed, train_codecs  # noqa: E402
 

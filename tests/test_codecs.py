@@ -49,19 +49,19 @@ def test_fp8_decode_matches_torch_conversion(shape: tuple[int, int, int]) -> Non
     the lookup path."""
     import numpy as np
 
-    from dspark_data.store.codecs import _unpack, _unzstd
+    from dspark_data.store.payload import unpack, unzstd
 
     t, n_layers, h = shape
     x = _heavy_tailed(t, n_layers, h)
     x[:, 0, 1] = x[:, 0, :].float().abs().amax(dim=1) * 2e-5  # e4m3 subnormals after scaling
     x[1, -1, 0] = 3e5  # scale >= 2**7: the exact lookup path for that layer
     payload = encode("fp8", x)
-    chunks = _unpack(2, payload, shape)
+    chunks = unpack(2, payload, shape)
     scales = torch.from_numpy(np.frombuffer(chunks[0][0], dtype=np.int16).reshape(t, n_layers).copy())
     expected = torch.empty(shape, dtype=torch.bfloat16)
     subnormals = 0
     for layer in range(n_layers):
-        data = np.frombuffer(_unzstd(*chunks[layer + 1], size=t * h), dtype=np.uint8).copy()
+        data = np.frombuffer(unzstd(*chunks[layer + 1], size=t * h), dtype=np.uint8).copy()
         subnormals += int((((data & 0x78) == 0) & ((data & 0x07) != 0)).sum())
         vals = torch.from_numpy(data).view(torch.float8_e4m3fn).to(torch.bfloat16).reshape(t, h)
         expected[:, layer, :] = vals * scales.view(torch.bfloat16)[:, layer, None]

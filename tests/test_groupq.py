@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dspark_data.store.codecs import CODECS, decode, encode
-from dspark_data.store.groupq import BY_NAME, SPECS, QuantPlanes, decode_deferred, dequantize, materialize
+from dspark_data.store.codecs import CODECS, decode, decode_deferred, encode
+from dspark_data.store.groupq import BY_NAME, SPECS, QuantPlanes, dequantize, materialize
 
 GROUP_CODECS = [s.name for s in SPECS]
 

@@ -12,9 +12,9 @@ Tensors are `[T, L, H]` bfloat16 (tokens, layers, hidden). Chunks are per layer 
 side instead (`hidden.py`), which scales better. Speed notes (zstd preset, fp8 decoding by bit moves,
 cache-sized blocks) are with the code below and in docs/formats/store.md, with measurements.
 
-Payload (little-endian): header `<4sBBHIII` = magic b"DSHS", format version, codec id, chunk count,
-T, L, H; then per chunk a u32 stored length and a u8 mode (0 raw, 1 zstd); then the chunks. The
-header makes a payload self-describing, so a shape mismatch is an error instead of garbage.
+This module is the registry of every codec (these three and the group-quantised family of `groupq.py`).
+The payload container they all write (`payload.py`) is self-describing, so a shape mismatch is an
+error instead of garbage.
 
     payload = encode("zstd-split", hidden)            # hidden: torch.bfloat16 [T, L, H]
     hidden2 = decode("zstd-split", payload, (T, L, H))
@@ -22,125 +22,29 @@ header makes a payload self-describing, so a shape mismatch is an error instead 
 
 from __future__ import annotations
 
-import os
-import struct
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import zstandard as zstd
 
-MAGIC = b"DSHS"
-VERSION = 1
-_HEADER = struct.Struct("<4sBBHIII")
+from dspark_data.store import groupq
+from dspark_data.store.payload import (
+    CODEC_NAMES,
+    bytes_view,
+    default_threads,
+    pack,
+    run_parallel,
+    unpack,
+    unzstd,
+    zstd_chunk,
+)
+
+__all__ = ["CODECS", "Codec", "decode", "decode_deferred", "default_threads", "encode", "get_codec"]
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
-
-_local = threading.local()
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="dspark-codec")
-        return _pool
-
-
-def _map(fn: Callable[[int], object], n: int, threads: int | None) -> list:
-    threads = default_threads() if threads is None else threads
-    if threads <= 1 or n <= 1:
-        return [fn(i) for i in range(n)]
-    return list(_executor().map(fn, range(n)))
-
-
-def _level_params(level: int) -> zstd.ZstdCompressionParameters:
-    """zstd parameters for `level`. Level 1 (the default) is a preset tuned for byte planes of activations:
-    their gain is entropy coding of the literals, and long repeats are rare. zstd's own level 1 hunts
-    6-byte matches with a 16K-entry hash table, finds short coincidental ones, and pays for them three
-    times: encoding time, ratio (a match costs more bits than the literals it replaces) and decoding time
-    (sequence execution). Measured on heavy-tailed and tiny-target planes (bench/storage.py): 2.2x/1.4x
-    faster encoding, 2.2x/1.4x faster decoding and a 4%/5% better ratio than zstd's level 1. Other levels
-    are zstd's."""
-    if level == 1:
-        return zstd.ZstdCompressionParameters(
-            strategy=zstd.STRATEGY_FAST, window_log=17, hash_log=10, chain_log=6, search_log=1, min_match=7,
-            target_length=0, write_content_size=1, write_checksum=0,
-        )  # fmt: skip
-    return zstd.ZstdCompressionParameters.from_level(level, write_content_size=1, write_checksum=0)
-
-
-def _compressor(level: int) -> zstd.ZstdCompressor:
-    """One compressor per thread and level (zstandard objects are not safe to share across threads)."""
-    cache = getattr(_local, "compressors", None)
-    if cache is None:
-        cache = _local.compressors = {}
-    if level not in cache:
-        cache[level] = zstd.ZstdCompressor(compression_params=_level_params(level))
-    return cache[level]
-
-
-def _decompressor() -> zstd.ZstdDecompressor:
-    d = getattr(_local, "decompressor", None)
-    if d is None:
-        d = _local.decompressor = zstd.ZstdDecompressor()
-    return d
-
-
-def _bytes_view(a: np.ndarray) -> memoryview:
-    """A flat byte view of an array (copying only if it is strided)."""
-    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-
-
-def _zstd_chunk(data: np.ndarray, level: int) -> tuple[bytes | memoryview, int]:
-    """Compress one chunk; keep it raw when zstd does not pay (the mantissa plane is nearly random)."""
-    view = _bytes_view(data)
-    packed = _compressor(level).compress(view)
-    if len(packed) >= view.nbytes * 0.98:
-        return view, 0
-    return packed, 1
-
-
-def _unzstd(chunk: memoryview, mode: int, size: int) -> memoryview | bytes:
-    if mode == 0:
-        return chunk
-    return _decompressor().decompress(chunk, max_output_size=size)
-
-
-def _pack(codec_id: int, shape: tuple[int, int, int], chunks: Sequence[tuple[bytes | memoryview, int]]) -> bytes:
-    header = _HEADER.pack(MAGIC, VERSION, codec_id, len(chunks), *shape)
-    table = b"".join(struct.pack("<IB", len(c), mode) for c, mode in chunks)
-    return b"".join([header, table, *(c for c, _ in chunks)])
-
-
-def _unpack(codec_id: int, payload: bytes | memoryview, shape: Sequence[int]) -> list[tuple[memoryview, int]]:
-    mv = memoryview(payload).cast("B")
-    if mv.nbytes < _HEADER.size:
-        raise ValueError(f"hidden-state payload too short ({mv.nbytes} B)")
-    magic, version, cid, n, t, layers, h = _HEADER.unpack_from(mv, 0)
-    if magic != MAGIC or version != VERSION:
-        raise ValueError(f"not a dspark hidden-state payload (magic {magic!r}, version {version})")
-    if cid != codec_id:
-        raise ValueError(f"payload was written by codec {_BY_ID.get(cid, cid)!r}, not {_BY_ID[codec_id]!r}")
-    if (t, layers, h) != tuple(shape):
-        raise ValueError(f"payload shape {(t, layers, h)} differs from the expected {tuple(shape)}")
-    pos = _HEADER.size + 5 * n
-    chunks = []
-    for i in range(n):
-        length, mode = struct.unpack_from("<IB", mv, _HEADER.size + 5 * i)
-        chunks.append((mv[pos : pos + length], mode))
-        pos += length
-    if pos != mv.nbytes:
-        raise ValueError(f"hidden-state payload is {mv.nbytes} B, its header describes {pos} B")
-    return chunks
+_local = threading.local()  # per-thread decode scratch buffers (`_scratch`)
 
 
 def _as_bf16(tensor: torch.Tensor) -> torch.Tensor:
@@ -155,11 +59,11 @@ def _as_bf16(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _encode_raw(x: torch.Tensor, level: int, threads: int | None) -> bytes:
-    return _pack(0, tuple(x.shape), [(_bytes_view(x.view(torch.uint8).numpy()), 0)])
+    return pack(0, tuple(x.shape), [(bytes_view(x.view(torch.uint8).numpy()), 0)])
 
 
 def _decode_raw(payload: bytes | memoryview, shape: Sequence[int], threads: int | None) -> torch.Tensor:
-    ((chunk, _),) = _unpack(0, payload, shape)
+    ((chunk, _),) = unpack(0, payload, shape)
     out = np.frombuffer(chunk, dtype=np.int16).copy()  # own the memory: payloads may be memory-mapped
     return torch.from_numpy(out).view(torch.bfloat16).reshape(*shape)
 
@@ -175,9 +79,9 @@ def _encode_split(x: torch.Tensor, level: int, threads: int | None) -> bytes:
         # chunk 2l: high bytes of layer l (token-major [T, H]); chunk 2l+1: its low bytes. Shifting 16-bit
         # words is ~4x faster than gathering every other byte of a strided view.
         layer = words[:, i // 2, :]
-        return _zstd_chunk((layer >> 8 if i % 2 == 0 else layer).astype(np.uint8), level)
+        return zstd_chunk((layer >> 8 if i % 2 == 0 else layer).astype(np.uint8), level)
 
-    return _pack(1, tuple(x.shape), _map(plane, 2 * n_layers, threads))
+    return pack(1, tuple(x.shape), run_parallel(plane, 2 * n_layers, threads))
 
 
 def _row_blocks(t: int, h: int) -> list[slice]:
@@ -198,14 +102,14 @@ def _scratch(name: str, n: int) -> np.ndarray:
 
 def _decode_split(payload: bytes | memoryview, shape: Sequence[int], threads: int | None) -> torch.Tensor:
     t, n_layers, h = shape
-    chunks = _unpack(1, payload, shape)
+    chunks = unpack(1, payload, shape)
     if len(chunks) != 2 * n_layers:
         raise ValueError(f"zstd-split payload has {len(chunks)} chunks, expected {2 * n_layers}")
     out = np.empty((t, n_layers, h), dtype=np.uint16)  # numpy: large arrays get huge pages (fewer faults)
 
     def one(layer: int) -> None:
-        hi = np.frombuffer(_unzstd(*chunks[2 * layer], size=t * h), dtype=np.uint8).reshape(t, h)
-        lo = np.frombuffer(_unzstd(*chunks[2 * layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
+        hi = np.frombuffer(unzstd(*chunks[2 * layer], size=t * h), dtype=np.uint8).reshape(t, h)
+        lo = np.frombuffer(unzstd(*chunks[2 * layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
         for rows in _row_blocks(t, h):
             tmp = _scratch("split", (rows.stop - rows.start) * h).reshape(-1, h)
             # rebuild each bf16 as (high << 8) | low in a contiguous cache-resident block, then place it
@@ -213,7 +117,7 @@ def _decode_split(payload: bytes | memoryview, shape: Sequence[int], threads: in
             np.bitwise_or(tmp, lo[rows], out=tmp)
             out[rows, layer, :] = tmp
 
-    _map(one, n_layers, threads)
+    run_parallel(one, n_layers, threads)
     return torch.from_numpy(out.view(np.int16)).view(torch.bfloat16)
 
 
@@ -247,8 +151,8 @@ def _encode_fp8(x: torch.Tensor, level: int, threads: int | None) -> bytes:
         scales[r : r + rows] = scale
         xb.mul_(scale.float().reciprocal_()[:, :, None]).clamp_(-FP8_MAX, FP8_MAX)  # a multiply: faster than /
         planes[:, r : r + rows, :] = xb.to(torch.float8_e4m3fn).view(torch.uint8).numpy().transpose(1, 0, 2)
-    chunks = _map(lambda layer: _zstd_chunk(planes[layer], level), n_layers, threads)
-    return _pack(2, (t, n_layers, h), [(_bytes_view(scales.view(torch.int16).numpy()), 0), *chunks])
+    chunks = run_parallel(lambda layer: zstd_chunk(planes[layer], level), n_layers, threads)
+    return pack(2, (t, n_layers, h), [(bytes_view(scales.view(torch.int16).numpy()), 0), *chunks])
 
 
 def _fp8_as_scaled_bf16(data: np.ndarray, tmp: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -278,7 +182,7 @@ def _fp8_layer(data: np.ndarray, scale: torch.Tensor, shifted: torch.Tensor | No
 
 def _decode_fp8(payload: bytes | memoryview, shape: Sequence[int], threads: int | None) -> torch.Tensor:
     t, n_layers, h = shape
-    chunks = _unpack(2, payload, shape)
+    chunks = unpack(2, payload, shape)
     if len(chunks) != n_layers + 1:
         raise ValueError(f"fp8 payload has {len(chunks)} chunks, expected {n_layers + 1}")
     scales = torch.from_numpy(np.frombuffer(chunks[0][0], dtype=np.int16).reshape(t, n_layers).copy())
@@ -290,11 +194,11 @@ def _decode_fp8(payload: bytes | memoryview, shape: Sequence[int], threads: int 
     shifted = (scales.float() * _FP8_BIAS_SHIFT).to(torch.bfloat16)  # exact (power-of-two) where `fast`
 
     def one(layer: int) -> None:
-        data = np.frombuffer(_unzstd(*chunks[layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
+        data = np.frombuffer(unzstd(*chunks[layer + 1], size=t * h), dtype=np.uint8).reshape(t, h)
         fast_shifted = shifted[:, layer, None] if fast[layer] else None
         _fp8_layer(data, scales[:, layer, None], fast_shifted, out[:, layer, :])
 
-    _map(one, n_layers, threads)
+    run_parallel(one, n_layers, threads)
     return out
 
 
@@ -317,7 +221,9 @@ CODECS: dict[str, Codec] = {
     "zstd-split": Codec("zstd-split", 1, True, _encode_split, _decode_split),
     "fp8": Codec("fp8", 2, False, _encode_fp8, _decode_fp8),
 }
-_BY_ID = {c.codec_id: c.name for c in CODECS.values()}
+for _spec, _enc, _dec in groupq.codec_entries():  # the sub-8-bit family (`groupq.py`) joins the registry
+    CODECS[_spec.name] = Codec(_spec.name, _spec.codec_id, False, _enc, _dec)  # type: ignore[arg-type]
+CODEC_NAMES.update({c.codec_id: c.name for c in CODECS.values()})
 
 
 def get_codec(name: str) -> Codec:
@@ -340,13 +246,11 @@ def decode(name: str, payload: bytes | memoryview, shape: Sequence[int], *, thre
     return get_codec(name).decode(payload, tuple(int(s) for s in shape), threads)
 
 
-def _register_group_codecs() -> None:
-    """Sub-8-bit codecs live in `groupq.py` (their own module); they join the registry here."""
-    from dspark_data.store import groupq
-
-    for spec, enc, dec in groupq.codec_entries():
-        CODECS[spec.name] = Codec(spec.name, spec.codec_id, False, enc, dec)  # type: ignore[arg-type]
-        _BY_ID[spec.codec_id] = spec.name
-
-
-_register_group_codecs()
+def decode_deferred(name: str, payload: bytes | memoryview, shape: Sequence[int], *,
+                    threads: int | None = 1) -> torch.Tensor | groupq.QuantPlanes:
+    """The CPU half of decoding any codec: a bf16 tensor for the byte-plane codecs, `QuantPlanes` for the
+    group-quantised ones (move them with the batch, then `.dequantize()` on its device)."""
+    spec = groupq.BY_NAME.get(name)
+    if spec is None:
+        return decode(name, payload, shape, threads=threads)
+    return groupq.unpack_planes(spec, payload, tuple(int(s) for s in shape), threads)

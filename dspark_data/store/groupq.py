@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dspark_data.store import codecs as base
+from dspark_data.store.payload import pack, run_parallel, unpack, unzstd, zstd_chunk
 
 _CLAMP = 127  # int8 range of the stored codes (delta residuals may exceed qmax)
 _ENCODE_ROWS_VALUES = 1 << 20
@@ -141,10 +141,10 @@ def _encode(spec: GroupSpec, x: torch.Tensor, level: int, threads: int | None) -
             v = _times_scale(q, sb[:, layer], spec.group)
             prev = v if prev is None else (v.float() + prev.float()).to(torch.bfloat16)  # what the decoder rebuilds
     scale_words = scales.view(torch.int16).numpy().view(np.uint16)
-    scale_chunks = [base._zstd_chunk((scale_words >> 8).astype(np.uint8), level),
-                    base._zstd_chunk(scale_words.astype(np.uint8), level)]
-    chunks = base._map(lambda layer: base._zstd_chunk(codes[layer], level), n_layers, threads)
-    return base._pack(spec.codec_id, (t, n_layers, h), [*scale_chunks, *chunks])
+    scale_chunks = [zstd_chunk((scale_words >> 8).astype(np.uint8), level),
+                    zstd_chunk(scale_words.astype(np.uint8), level)]
+    chunks = run_parallel(lambda layer: zstd_chunk(codes[layer], level), n_layers, threads)
+    return pack(spec.codec_id, (t, n_layers, h), [*scale_chunks, *chunks])
 
 
 def unpack_planes(spec: GroupSpec, payload: bytes | memoryview, shape: Sequence[int],
@@ -152,11 +152,11 @@ def unpack_planes(spec: GroupSpec, payload: bytes | memoryview, shape: Sequence[
     """The CPU half of decoding: entropy-decode the payload into int8 codes and bf16 scales."""
     t, n_layers, h = shape
     ng = -(-h // spec.group)
-    chunks = base._unpack(spec.codec_id, payload, shape)
+    chunks = unpack(spec.codec_id, payload, shape)
     if len(chunks) != n_layers + 2:
         raise ValueError(f"{spec.name} payload has {len(chunks)} chunks, expected {n_layers + 2}")
-    hi = np.frombuffer(base._unzstd(*chunks[0], size=t * n_layers * ng), dtype=np.uint8)
-    lo = np.frombuffer(base._unzstd(*chunks[1], size=t * n_layers * ng), dtype=np.uint8)
+    hi = np.frombuffer(unzstd(*chunks[0], size=t * n_layers * ng), dtype=np.uint8)
+    lo = np.frombuffer(unzstd(*chunks[1], size=t * n_layers * ng), dtype=np.uint8)
     if hi.size != t * n_layers * ng or lo.size != hi.size:
         raise ValueError(f"{spec.name} payload: scale planes of {hi.size}/{lo.size} B, expected {t * n_layers * ng}")
     words = (hi.astype(np.uint16) << 8) | lo
@@ -164,12 +164,12 @@ def unpack_planes(spec: GroupSpec, payload: bytes | memoryview, shape: Sequence[
     codes = np.empty((t, n_layers, h), dtype=np.int8)
 
     def one(layer: int) -> None:
-        data = np.frombuffer(base._unzstd(*chunks[layer + 2], size=t * h), dtype=np.int8)
+        data = np.frombuffer(unzstd(*chunks[layer + 2], size=t * h), dtype=np.int8)
         if data.size != t * h:
             raise ValueError(f"{spec.name} payload: layer {layer} has {data.size} codes, expected {t * h}")
         codes[:, layer, :] = data.reshape(t, h)
 
-    base._map(one, n_layers, threads)
+    run_parallel(one, n_layers, threads)
     return QuantPlanes(spec, torch.from_numpy(codes), scales)
 
 
@@ -210,19 +210,9 @@ def codec_entries() -> list[tuple[GroupSpec, object, object]]:
 BY_NAME: dict[str, GroupSpec] = {s.name: s for s in SPECS}
 
 
-def decode_deferred(name: str, payload: bytes | memoryview, shape: Sequence[int], *,
-                    threads: int | None = 1) -> torch.Tensor | QuantPlanes:
-    """The CPU half of decoding any codec: a bf16 tensor for the byte-plane codecs, `QuantPlanes` for the
-    group-quantised ones (move them with the batch, then `.dequantize()` on its device)."""
-    spec = BY_NAME.get(name)
-    if spec is None:
-        return base.decode(name, payload, shape, threads=threads)
-    return unpack_planes(spec, payload, tuple(int(s) for s in shape), threads)
-
-
 def materialize(hidden: torch.Tensor | QuantPlanes, device: torch.device | str,
                 non_blocking: bool = False) -> torch.Tensor:
-    """bf16 [T, L, H] on `device` from what `decode_deferred` returned: planes travel as int8 codes + bf16
+    """bf16 [T, L, H] on `device` from what `codecs.decode_deferred` returned: planes travel as int8 codes + bf16
     scales (~half the bytes of bf16 over PCIe for 4-6 bit codecs: one byte a value) and dequantise there."""
     if isinstance(hidden, QuantPlanes):
         return hidden.to(device, non_blocking=non_blocking).dequantize()

@@ -251,7 +251,7 @@ class HiddenDataset:
         return self[i]
 
     def get_deferred(self, i: int) -> HiddenSample:
-        """Sample i with only the CPU half of decoding done (`groupq.decode_deferred`): `hidden` is
+        """Sample i with only the CPU half of decoding done (`codecs.decode_deferred`): `hidden` is
         `QuantPlanes` for a group-quantised codec (the trainer dequantises them on its device, `Batch.to`),
         the bf16 tensor for the others."""
         return self._read(i, deferred=True)
@@ -264,7 +264,7 @@ class HiddenDataset:
         payload = _binary_view(batch.column("hidden"), r)
         shape = (int(input_ids.shape[0]), len(self.layer_ids), self.hidden_size)
         try:
-            decode = groupq.decode_deferred if deferred else codecs.decode
+            decode = codecs.decode_deferred if deferred else codecs.decode
             hidden = decode(self.codec, payload, shape, threads=self.threads)
         except ValueError as exc:
             shard = self.store.manifest.shards[self.store.shard_of(i)].file

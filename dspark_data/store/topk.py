@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dspark_data.store.codecs import _unzstd, _zstd_chunk
+from dspark_data.store.payload import unzstd, zstd_chunk
 
 MAGIC = b"DSTK"
 VERSION = 1
@@ -95,8 +95,8 @@ def encode(topk: TopK, *, level: int = 1) -> bytes:
     if tail.shape != (t,) or lp.shape != (t, k):
         raise ValueError(f"top-K shapes ids {ids.shape}, logprobs {lp.shape}, tail {tail.shape} disagree")
     chunks = [
-        _zstd_chunk(ids.astype("<u4"), level),
-        _zstd_chunk(lp.astype("<f2"), level),
+        zstd_chunk(ids.astype("<u4"), level),
+        zstd_chunk(lp.astype("<f2"), level),
         (memoryview(np.ascontiguousarray(tail.astype("<f4")).view(np.uint8)), 0),
     ]
     header = _HEADER.pack(MAGIC, VERSION, 0, 0, t, k)
@@ -119,7 +119,7 @@ def decode(payload: bytes | memoryview, tokens: int, k: int) -> TopK:
     parts = []
     for i, size in enumerate(sizes):
         length, mode = _CHUNK.unpack_from(mv, _HEADER.size + _CHUNK.size * i)
-        data = _unzstd(mv[pos : pos + length], mode, size)
+        data = unzstd(mv[pos : pos + length], mode, size)
         if len(data) != size:
             raise ValueError(f"top-K payload chunk {i} holds {len(data)} B, expected {size}")
         parts.append(data)

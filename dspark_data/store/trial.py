@@ -94,7 +94,7 @@ def _cpu_seconds(fn: Any, repeats: int = 2) -> float:
 
 def measure_codec(codec: str, hidden: list[torch.Tensor], directory: Path, raw_stored: float | None) -> CodecFigures:
     """Figures of one codec on `hidden` (the samples already written to `directory` with it)."""
-    from dspark_data.store.groupq import decode_deferred
+    from dspark_data.store.codecs import decode_deferred
 
     ds = open_hidden(directory)
     tokens = int(ds.lengths.sum())
