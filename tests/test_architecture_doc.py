@@ -18,7 +18,8 @@ _PATH = re.compile(r"`((?:schemas|dspark_data|dspark_train|cli)/[A-Za-z0-9_/]+\.
 
 
 def _modules() -> set[str]:
-    return {str(p.relative_to(ROOT)) for top in PACKAGES for p in (ROOT / top).rglob("*.py")}
+    """Every module file; a package's `__init__.py` is its section heading's business, not a row."""
+    return {str(p.relative_to(ROOT)) for top in PACKAGES for p in (ROOT / top).rglob("*.py") if p.name != "__init__.py"}
 
 
 def _table_rows() -> set[str]:
