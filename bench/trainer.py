@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dspark_data.store import HiddenStateWriter  # noqa: E402
 from dspark_data.vocab import build_vocab  # noqa: E402
 from dspark_train.data import SyntheticHiddenSource  # noqa: E402
-from dspark_train.train import run  # noqa: E402
+from dspark_train.entrypoint import run  # noqa: E402
 from dspark_train.trainer import TrainOptions  # noqa: E402
 from schemas.loading import load_recipe  # noqa: E402
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="Root for both runs (default runs/<recipe>).")
     p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args(argv)
-    from dspark_train.train import default_options, run
+    from dspark_train.entrypoint import default_options, run
 
     base = load_recipe(args.recipe, args.sets)
     root = args.out or Path("runs") / base.name

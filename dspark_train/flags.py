@@ -1,7 +1,7 @@
 """The one flag definition of the trainer, shared by `dspark train` and `python -m dspark_train`.
 
 Why one: the two entry points used to declare their flags separately and drifted (`--vocab` existed only
-in one). `dspark train` now forwards its arguments untouched to `dspark_train.train.main`, which parses them
+in one). `dspark train` now forwards its arguments untouched to `dspark_train.entrypoint.main`, which parses them
 with `parser()` below; `torchrun ... -m dspark_train` ranks parse the same flags. Adding a flag is one
 `p.add_argument(...)` line here (plus reading `args.<name>` where it is used).
 

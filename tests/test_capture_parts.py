@@ -29,8 +29,8 @@ from dspark_data.store import ShardWriter, StoreError, open_hidden
 from dspark_data.store.parts import PartsDataset, open_hidden_any
 from dspark_data.targets import load_target_info
 from dspark_data.vocab import build_vocab
+from dspark_train.entrypoint import run
 from dspark_train.launch_env import first_host, slurm_dist_env
-from dspark_train.train import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe
 from schemas.regen import REGEN_KIND

@@ -219,7 +219,7 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 def _run(case: Case, argv: list[str]) -> tuple[int, str]:
     if case.runner == "dspark_train":
-        from dspark_train.train import main
+        from dspark_train.entrypoint import main
 
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

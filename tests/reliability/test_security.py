@@ -444,7 +444,7 @@ def test_stream_gateway_binds_loopback_by_default_and_checks_a_token(tmp_path, t
 
 def test_stream_token_never_travels_in_argv() -> None:
     """`dspark train --nproc-per-node N --stream --token T` re-launches torchrun: T goes in the environment."""
-    from dspark_train.train import torchrun_argv
+    from dspark_train.entrypoint import torchrun_argv
 
     secret = "s3cret-token-value-0123456789"
     for given in (["--token", secret], [f"--token={secret}"]):
