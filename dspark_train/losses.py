@@ -101,7 +101,7 @@ def slot_targets(
     """Gather per-slot targets from per-position ones.
 
     `next_probs[b, t]` (B, T, D) is the target's distribution over x_{t+1} (from its last hidden state at t,
-    `target_probs`); slot predicting position p uses row p-1. `next_greedy` (B, T) likewise (draft ids, -1
+    `draft_vocab_probs`); slot predicting position p uses row p-1. `next_greedy` (B, T) likewise (draft ids, -1
     outside). `loss_mask` (B, T): True where the token is an assistant token. `t2d`: bool (V,).
     """
     pos = out.positions  # (B, A, P)

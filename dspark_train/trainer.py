@@ -26,7 +26,7 @@ from torch import nn
 from dspark_data.seeding import derive_seed
 from dspark_data.shutdown import GracefulStop
 from dspark_data.store.files import atomic_write_bytes
-from dspark_data.targets.weights import TargetHead, target_probs_and_greedy
+from dspark_data.targets.weights import TargetHead, draft_vocab_probs_and_greedy
 from dspark_train.checkpoint import Checkpointer
 from dspark_train.data import Batch, LoaderConfig, TrainLoader, anchor_span, eval_loader, split_indices
 from dspark_train.inputs import TrainInputs, load_head, load_inputs
@@ -292,7 +292,7 @@ class Trainer:
                                         batch.topk_tail, self.model.t2d)
             return out, targets
         with torch.no_grad():
-            next_probs, next_greedy = target_probs_and_greedy(batch.target_hidden, self.head, self.model.t2d)
+            next_probs, next_greedy = draft_vocab_probs_and_greedy(batch.target_hidden, self.head, self.model.t2d)
         targets = slot_targets(out, batch.input_ids, batch.loss_mask, next_probs, self.model.t2d, next_greedy)
         return out, targets
 

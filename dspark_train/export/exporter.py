@@ -25,7 +25,7 @@ from dspark_data.atomic_dir import publish_dir, recover_dir
 from dspark_data.targets import load_target_info, resolve_target
 from dspark_data.targets.weights import load_target_head
 from dspark_train.export.card import render_card
-from dspark_train.export.source import TrainedDraft, read_checkpoint
+from dspark_train.export.checkpoint_reader import TrainedDraft, read_checkpoint
 from dspark_train.export.speculators_config import ExportFormat, build_config
 from dspark_train.export.weights import cast_for_export, check_shapes, select_draft_tensors
 from schemas import fingerprint

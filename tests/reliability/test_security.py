@@ -187,7 +187,7 @@ def test_pickle_bomb_as_a_shard_or_index_is_refused(small, tmp_path, which, kind
 def test_pickle_bomb_as_checkpoint_vocab_or_record_is_refused(tmp_path, tiny_random_target) -> None:
     from safetensors import SafetensorError
 
-    from dspark_data.stream.record import RecordError, read_record
+    from dspark_data.stream.record import RecordError, decode_record
     from dspark_train.checkpoint import Checkpointer
     from dspark_train.data.checks import load_vocab
     from dspark_train.model.draft import DSparkDraft  # noqa: F401  (the checkpoint's model class exists)
@@ -211,7 +211,7 @@ def test_pickle_bomb_as_checkpoint_vocab_or_record_is_refused(tmp_path, tiny_ran
         with pytest.raises((SafetensorError, ValueError, OSError)):
             load_vocab(vocab, target_vocab_size=2048, draft_vocab_size=1024)
         with pytest.raises(RecordError):
-            read_record(payload)
+            decode_record(payload)
     assert not marker.exists()
 
 
