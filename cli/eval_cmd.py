@@ -30,11 +30,11 @@ def eval_(
     concurrency: Annotated[int, typer.Option(help="Live: requests in flight.")] = 16,
 ) -> None:
     """Report per-position acceptance and Avg Length in the seed card's table shape."""
-    from dspark_train.eval.offline import MODES
+    from dspark_train.eval.scope import MODES
 
     r = resolve_recipe(recipe, set_, seed)
     e = r.eval
-    modes = mode or ["greedy", "sampled"]
+    modes = mode or list(MODES)
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         fail(f"unknown --mode {unknown}: use {sorted(MODES)}")
