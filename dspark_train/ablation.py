@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dspark_data.store.files import atomic_write_bytes
-from schemas.loading import load_recipe
+from schemas.loading import DEFAULT_RECIPE, load_recipe
 
 MARKOV_OFF = ["model.markov_rank=0", "model.confidence_head_with_markov=false"]
 COLUMNS = [
@@ -80,7 +80,7 @@ def compare(dspark_dir: Path, markov_off_dir: Path, out_dir: Path) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dspark_train.ablation", description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", "-r", default="tiny")
+    p.add_argument("--recipe", "-r", default=DEFAULT_RECIPE)
     p.add_argument("--set", "-s", action="append", default=[], dest="sets")
     p.add_argument("--data", type=Path, required=True, help="Hidden-state dataset directory.")
     p.add_argument("--vocab", type=Path, default=None)

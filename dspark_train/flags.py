@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from schemas.loading import DEFAULT_RECIPE
+
 
 def parser(prog: str = "python -m dspark_train") -> argparse.ArgumentParser:
     """Every trainer flag. Defaults for paths are None: inputs are never looked up in the working directory."""
     p = argparse.ArgumentParser(prog=prog, description="Train the DSpark draft (DFlash backbone + Markov head + "
                                 "confidence head) over cached hidden-state shards or a live stream.")
-    p.add_argument("--recipe", "-r", default="tiny", help="Built-in recipe name or recipe file.")
+    p.add_argument("--recipe", "-r", default=DEFAULT_RECIPE, help="Built-in recipe name or recipe file.")
     p.add_argument("--set", "-s", action="append", default=[], dest="sets", help="Override: key.path=value.")
     p.add_argument("--seed", type=int, default=None, help="Run seed (overrides the recipe's).")
     p.add_argument("--out", "-o", type=Path, default=None,

@@ -26,21 +26,20 @@ from torch import nn
 from dspark_data.shutdown import GracefulStop
 from dspark_data.store.files import atomic_write_bytes
 from dspark_data.targets.weights import TargetHead, draft_vocab_probs_and_greedy
-from dspark_train.checkpoint import Checkpointer
-from dspark_train.data import Batch, LoaderConfig, TrainLoader, eval_loader
-from dspark_train.inputs import TrainInputs, load_head
+from dspark_train.data import Batch, eval_loader
+from dspark_train.inputs import load_head
 from dspark_train.logging_utils import TrainLogger, summary_figures
 from dspark_train.losses import DSparkLoss, slot_targets, slot_targets_topk
 from dspark_train.metrics import DraftMetrics
 from dspark_train.model.config import DraftConfig
 from dspark_train.model.draft import DSparkDraft
-from dspark_train.parallelize import DistInfo, all_reduce_sum, parallelize
+from dspark_train.parallelize import all_reduce_sum, parallelize
 from dspark_train.preempt import PREEMPTED_MESSAGE, agree_to_stop, gather_window, restore_window
-from dspark_train.resume import Decision, differences, plan_fingerprint
+from dspark_train.resume import differences, plan_fingerprint
 from dspark_train.run_plan import RunPlan, plan_run
 from dspark_train.schedule import LRSchedule, ScheduleConfig
 from dspark_train.trackers import open_trackers
-from dspark_train.warm_start import InitSource, load_into
+from dspark_train.warm_start import load_into
 from schemas.recipe import Recipe
 
 
@@ -66,22 +65,12 @@ class TrainOptions:
 class Trainer:
     """A run with its model: built only for a plan that trains (fresh or resume), never for a cached one."""
 
-    # --- what to do
+    # --- what to do; `_adopt` also copies the plan's decisions onto the trainer (RunPlan's fields: dist,
+    # device, autocast_dtype, inputs, train/val indices, loader_cfg, loader, total_steps, plan, init_source,
+    # checkpointer, decision), which the loop reads on every step
     recipe: Recipe
     opts: TrainOptions
-    run: RunPlan  # what was decided before the model existed (run_plan.py)
-    decision: Decision
-    init_source: InitSource | None
-    # --- where it runs
-    dist: DistInfo
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    # --- data
-    inputs: TrainInputs
-    train_indices: list[int]
-    val_indices: list[int]
-    loader_cfg: LoaderConfig
-    loader: TrainLoader
+    run: RunPlan
     # --- model, frozen target head, loss
     draft_config: DraftConfig
     model: DSparkDraft  # the module itself (checkpoints, validation)
@@ -91,11 +80,8 @@ class Trainer:
     # --- optimisation
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    total_steps: int
     # --- bookkeeping
-    checkpointer: Checkpointer
     logger: TrainLogger
-    plan: dict[str, Any]
     step: int
     tokens_seen: int
     untrained_val: dict[str, float] | None
