@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dspark_data.store.files import atomic_write_bytes
+from dspark_train.logging_utils import summary_figures
 from schemas.loading import DEFAULT_RECIPE, load_recipe
 
 MARKOV_OFF = ["model.markov_rank=0", "model.confidence_head_with_markov=false"]
@@ -41,17 +42,7 @@ def _untrained(train_dir: Path) -> dict[str, float | None]:
     for line in (train_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["kind"] == "val" and rec["step"] == 0:
-            row: dict[str, float | None] = {
-                "val_mean_accepted_length": rec.get("accepted_length"),
-                "val_full_accuracy": rec.get("full_accuracy"),
-                "val_acceptance_rate": rec.get("acceptance_rate"),
-                "val_confidence_abs_error": rec.get("confidence_abs_error"),
-            }
-            k = 1
-            while f"acc_pos_{k}" in rec:
-                row[f"val_acc_pos{k}"] = rec[f"acc_pos_{k}"]
-                k += 1
-            return row
+            return _row(summary_figures("val_", rec, per_position=True))  # the summary's names and columns
     return {}
 
 
