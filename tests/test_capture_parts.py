@@ -44,7 +44,7 @@ TRAIN = ["seq_len=128", "model.num_layers=1", "vocab.draft_vocab_size=256", "tra
 
 def _regen_parts(parent: Path, seqs: list[list[int]], ids: list[str], num_shards: int) -> None:
     """Regen-kind parts as `dspark regen --num-shards N` lays them out (fingerprint + assigned ids)."""
-    from test_capture_support import REGEN_SCHEMA
+    from regen_schema import REGEN_SCHEMA
 
     for i in range(num_shards):
         mine = [(sid, seq) for sid, seq in zip(ids, seqs, strict=True) if part_of(sid, num_shards) == i]
