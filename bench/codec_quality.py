@@ -40,6 +40,7 @@ from dspark_data.store import codecs, open_hidden  # noqa: E402
 from dspark_data.store.codecs import decode_deferred  # noqa: E402
 from dspark_data.store.trial import one_torch_thread, trial_codecs  # noqa: E402
 from dspark_train.codec_trial import paired, recipe_with_seed, train_codecs  # noqa: E402
+from schemas.loading import DEFAULT_RECIPE  # noqa: E402
 
 DEFAULT_CODECS = "raw,zstd-split,fp8,int6-g32,int6-g32-delta,int5-g32-delta,int4-g32,int4-g32-delta,int3-g32"
 console = Console(width=200)
@@ -120,7 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="a raw (exact) hidden-state capture; default: build one")
     ap.add_argument("--vocab", type=Path, help="its draft vocab directory")
-    ap.add_argument("--recipe", default="tiny")
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--set", action="append", default=[], dest="sets", help="recipe override for training")
     ap.add_argument("--codecs", default=DEFAULT_CODECS)
     ap.add_argument("--samples", type=int, default=10_000, help="first N samples of the capture")

@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from schemas.loading import DEFAULT_RECIPE  # noqa: E402
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
@@ -74,7 +77,7 @@ def time_regen(llm, recipe) -> tuple[float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="tiny")
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="recipe override, e.g. seq_len=256")
     ap.add_argument("--prompts", type=int, default=None, help="number of prompts (default: the recipe's)")
     ap.add_argument("--rounds", type=int, default=2)

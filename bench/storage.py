@@ -73,7 +73,7 @@ def real_tiny(n: int, tokens_per_sample: int = 512) -> tuple[list[Sample], str] 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from dspark_data.targets import resolve_target
-        from dspark_data.targets.tiny import tiny_build_record
+        from dspark_data.targets.tiny.build import tiny_build_record
 
         spec = "tiny:trained" if tiny_build_record("trained") is not None else "tiny:random"
         path = resolve_target(spec)

@@ -29,9 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dspark_data.store import HiddenStateWriter  # noqa: E402
 from dspark_data.vocab import build_vocab  # noqa: E402
 from dspark_train.data import SyntheticHiddenSource  # noqa: E402
-from dspark_train.train import run  # noqa: E402
+from dspark_train.entrypoint import run  # noqa: E402
 from dspark_train.trainer import TrainOptions  # noqa: E402
-from schemas.loading import load_recipe  # noqa: E402
+from schemas.loading import (
+    DEFAULT_RECIPE,  # noqa: E402
+    load_recipe,  # noqa: E402
+)
 
 console = Console(width=120)
 
@@ -58,7 +61,7 @@ def measure(recipe, data: Path, vocab: Path | None, out: Path, steps: int) -> di
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", default="tiny")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE)
     p.add_argument("--target", default="tiny:random", help="Target spec (its shapes must match the data).")
     p.add_argument("--data", type=Path, default=None, help="Existing hidden-state dataset (default: synthetic).")
     p.add_argument("--vocab", type=Path, default=None, help="Draft vocab directory (default: built from the data).")

@@ -13,11 +13,12 @@ import typer
 from rich.table import Table
 
 from cli.common import RecipeOpt, SetOpt, console, fail, resolve_recipe
+from schemas.loading import DEFAULT_RECIPE
 
 
 def codecs_(
     data: Annotated[Path, typer.Option("--data", "-d", help="A hidden-state capture (any codec; raw is exact).")],
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     codecs: Annotated[str | None, typer.Option(help="Comma-separated codecs (default: all).")] = None,
     samples: Annotated[int, typer.Option(help="First N samples of the capture.")] = 32,

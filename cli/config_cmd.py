@@ -9,13 +9,14 @@ import yaml
 
 from cli.common import RecipeOpt, SeedOpt, SetOpt, resolve_recipe
 from schemas import fingerprint
+from schemas.loading import DEFAULT_RECIPE
 
 config_app = typer.Typer(help="Inspect resolved recipes.", no_args_is_help=True)
 
 
 @config_app.command("show")
 def show(
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     seed: SeedOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),

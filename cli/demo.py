@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cli.common import RecipeOpt, SeedOpt, SetOpt, console, resolve_recipe, stage_dir
+from schemas.loading import DEFAULT_RECIPE
 
 # (label, CLI words, stage directory whose summary.json holds the stage's figures, input flags: flag -> stage dir).
 # The demo names every input and output explicitly: no stage looks anything up in the working directory.
@@ -41,7 +42,7 @@ def _summary(directory: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def demo(recipe: RecipeOpt = "tiny", set_: SetOpt = None, seed: SeedOpt = None) -> None:
+def demo(recipe: RecipeOpt = DEFAULT_RECIPE, set_: SetOpt = None, seed: SeedOpt = None) -> None:
     """Run regen -> dump-hidden -> vocab -> train -> export -> eval -> report and print a summary."""
     resolved = resolve_recipe(recipe, set_, seed)
     common = ["--recipe", recipe]

@@ -22,10 +22,11 @@ from cli.common import (
     stage_dir,
     stopped,
 )
+from schemas.loading import DEFAULT_RECIPE
 
 
 def dump_hidden(
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,

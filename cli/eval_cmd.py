@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from cli.common import OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
+from schemas.loading import DEFAULT_RECIPE
 
 
 def eval_(
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,
@@ -30,11 +31,11 @@ def eval_(
     concurrency: Annotated[int, typer.Option(help="Live: requests in flight.")] = 16,
 ) -> None:
     """Report per-position acceptance and Avg Length in the seed card's table shape."""
-    from dspark_train.eval.offline import MODES
+    from dspark_train.eval.scope import MODES
 
     r = resolve_recipe(recipe, set_, seed)
     e = r.eval
-    modes = mode or ["greedy", "sampled"]
+    modes = mode or list(MODES)
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         fail(f"unknown --mode {unknown}: use {sorted(MODES)}")

@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from cli.common import OutOpt, RecipeOpt, SetOpt, console, fail, need, resolve_recipe, stage_dir
+from schemas.loading import DEFAULT_RECIPE
 
 
 def export(
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     out: OutOpt = None,
     checkpoint: Annotated[

@@ -9,10 +9,11 @@ import typer
 
 from cli.common import LimitOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, fail, resolve_recipe, stage_dir, stopped
 from dspark_data.shutdown import StopRequested
+from schemas.loading import DEFAULT_RECIPE
 
 
 def regen(
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = None,

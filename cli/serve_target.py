@@ -13,10 +13,11 @@ from typing import Annotated
 import typer
 
 from cli.common import RecipeOpt, SetOpt, fail, resolve_recipe
+from schemas.loading import DEFAULT_RECIPE
 
 
 def serve_target(
-    recipe: RecipeOpt = "tiny",
+    recipe: RecipeOpt = DEFAULT_RECIPE,
     set_: SetOpt = None,
     host: Annotated[str, typer.Option(help="Gateway bind address; anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway port (the one trainers use).")] = 8200,

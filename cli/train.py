@@ -1,6 +1,6 @@
 """`dspark train`: the DSpark trainer over cached shards or a live stream (issues #5, #7).
 
-Thin on purpose: the arguments go unchanged to `dspark_train.train.main`, the same entry point as
+Thin on purpose: the arguments go unchanged to `dspark_train.entrypoint.main`, the same entry point as
 `python -m dspark_train` and every torchrun rank, so both commands parse one flag table
 (`dspark_train/flags.py`) and cannot drift. `--nproc-per-node N` re-launches the same arguments under torchrun
 (DDP; gloo on CPU, NCCL on GPU). Multi-node: run `torchrun ... -m dspark_train` on every node (docs/training.md).
@@ -16,6 +16,6 @@ CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True, "h
 
 def train(ctx: typer.Context) -> None:
     """Train the DSpark draft (DFlash backbone + Markov head + confidence head); `dspark train --help` for flags."""
-    from dspark_train.train import main
+    from dspark_train.entrypoint import main
 
     raise typer.Exit(main(list(ctx.args), prog="dspark train"))

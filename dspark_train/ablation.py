@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from dspark_data.store.files import atomic_write_bytes
-from schemas.loading import load_recipe
+from dspark_train.logging_utils import summary_figures
+from schemas.loading import DEFAULT_RECIPE, load_recipe
 
 MARKOV_OFF = ["model.markov_rank=0", "model.confidence_head_with_markov=false"]
 COLUMNS = [
@@ -41,17 +42,7 @@ def _untrained(train_dir: Path) -> dict[str, float | None]:
     for line in (train_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["kind"] == "val" and rec["step"] == 0:
-            row: dict[str, float | None] = {
-                "val_mean_accepted_length": rec.get("accepted_length"),
-                "val_full_accuracy": rec.get("full_accuracy"),
-                "val_acceptance_rate": rec.get("acceptance_rate"),
-                "val_confidence_abs_error": rec.get("confidence_abs_error"),
-            }
-            k = 1
-            while f"acc_pos_{k}" in rec:
-                row[f"val_acc_pos{k}"] = rec[f"acc_pos_{k}"]
-                k += 1
-            return row
+            return _row(summary_figures("val_", rec, per_position=True))  # the summary's names and columns
     return {}
 
 
@@ -80,14 +71,14 @@ def compare(dspark_dir: Path, markov_off_dir: Path, out_dir: Path) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dspark_train.ablation", description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", "-r", default="tiny")
+    p.add_argument("--recipe", "-r", default=DEFAULT_RECIPE)
     p.add_argument("--set", "-s", action="append", default=[], dest="sets")
     p.add_argument("--data", type=Path, required=True, help="Hidden-state dataset directory.")
     p.add_argument("--vocab", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="Root for both runs (default runs/<recipe>).")
     p.add_argument("--max-steps", type=int, default=None)
     args = p.parse_args(argv)
-    from dspark_train.train import default_options, run
+    from dspark_train.entrypoint import default_options, run
 
     base = load_recipe(args.recipe, args.sets)
     root = args.out or Path("runs") / base.name

@@ -24,7 +24,7 @@ TrainRows = dict[str, dict[int, dict[str, Any]]]  # codec -> seed -> summary fig
 
 def train_one(recipe: Recipe, data_dir: Path, vocab: Path | None, out_dir: Path, steps: int | None) -> dict[str, Any]:
     """One training run (cached when already done with the same plan); returns its summary.json dict."""
-    from dspark_train.train import default_options, run
+    from dspark_train.entrypoint import default_options, run
 
     opts = default_options(recipe, out_dir=out_dir, data_dir=data_dir, vocab_path=vocab, max_steps=steps,
                            progress=False)

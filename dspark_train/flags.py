@@ -1,7 +1,7 @@
 """The one flag definition of the trainer, shared by `dspark train` and `python -m dspark_train`.
 
 Why one: the two entry points used to declare their flags separately and drifted (`--vocab` existed only
-in one). `dspark train` now forwards its arguments untouched to `dspark_train.train.main`, which parses them
+in one). `dspark train` now forwards its arguments untouched to `dspark_train.entrypoint.main`, which parses them
 with `parser()` below; `torchrun ... -m dspark_train` ranks parse the same flags. Adding a flag is one
 `p.add_argument(...)` line here (plus reading `args.<name>` where it is used).
 
@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from schemas.loading import DEFAULT_RECIPE
+
 
 def parser(prog: str = "python -m dspark_train") -> argparse.ArgumentParser:
     """Every trainer flag. Defaults for paths are None: inputs are never looked up in the working directory."""
     p = argparse.ArgumentParser(prog=prog, description="Train the DSpark draft (DFlash backbone + Markov head + "
                                 "confidence head) over cached hidden-state shards or a live stream.")
-    p.add_argument("--recipe", "-r", default="tiny", help="Built-in recipe name or recipe file.")
+    p.add_argument("--recipe", "-r", default=DEFAULT_RECIPE, help="Built-in recipe name or recipe file.")
     p.add_argument("--set", "-s", action="append", default=[], dest="sets", help="Override: key.path=value.")
     p.add_argument("--seed", type=int, default=None, help="Run seed (overrides the recipe's).")
     p.add_argument("--out", "-o", type=Path, default=None,

@@ -49,20 +49,30 @@ def format_val_table(step: int, metrics: dict[str, float], block_drafts: int) ->
     return table
 
 
+def summary_key(prefix: str, metric: str) -> str:
+    """The flat summary.json name of a validation metric (metrics.py's name): `accepted_length` ->
+    `<prefix>mean_accepted_length`, `acc_pos_3` -> `<prefix>acc_pos3`, anything else `<prefix><metric>`.
+    The one place the two spellings meet (train summary, export summary, the Markov ablation)."""
+    if metric == "accepted_length":
+        return f"{prefix}mean_accepted_length"
+    if metric.startswith("acc_pos_"):
+        return f"{prefix}acc_pos{metric[len('acc_pos_'):]}"
+    return f"{prefix}{metric}"
+
+
 def summary_figures(prefix: str, figures: dict[str, float] | None, per_position: bool) -> dict[str, float]:
-    """Validation figures under summary.json's flat names: `<prefix>mean_accepted_length`, ...,
-    `<prefix>acc_pos1..P` (metrics.py names them accepted_length, acc_pos_1, ...)."""
+    """Validation figures under summary.json's flat names (`summary_key`): mean accepted length, the
+    scalar figures present, and with `per_position` acceptance at positions 1..P."""
     if not figures:
         return {}
-    out = {f"{prefix}mean_accepted_length": figures["accepted_length"]}
-    for key in ("full_accuracy", "acceptance_rate", "confidence_abs_error", "tv_tail_bound", "target_tail_mass"):
-        if key in figures:
-            out[f"{prefix}{key}"] = figures[key]
+    keys = ["accepted_length"]
+    keys += [k for k in ("full_accuracy", "acceptance_rate", "confidence_abs_error", "tv_tail_bound",
+                         "target_tail_mass") if k in figures]
     k = 1
     while per_position and f"acc_pos_{k}" in figures:
-        out[f"{prefix}acc_pos{k}"] = figures[f"acc_pos_{k}"]
+        keys.append(f"acc_pos_{k}")
         k += 1
-    return out
+    return {summary_key(prefix, key): figures[key] for key in keys}
 
 
 class TrainLogger:

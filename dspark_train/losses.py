@@ -39,6 +39,7 @@ from dspark_train.model.draft import DraftOutput
 from schemas.recipe import LossConfig
 
 LOSS_TERMS = ("ce", "tv", "kl")
+_LOSS = LossConfig()  # the recipe's loss defaults, for a DSparkLoss built without a recipe
 
 
 def position_weights(num_draft_tokens: int, gamma: float, device: torch.device | str | None = None) -> torch.Tensor:
@@ -101,7 +102,7 @@ def slot_targets(
     """Gather per-slot targets from per-position ones.
 
     `next_probs[b, t]` (B, T, D) is the target's distribution over x_{t+1} (from its last hidden state at t,
-    `target_probs`); slot predicting position p uses row p-1. `next_greedy` (B, T) likewise (draft ids, -1
+    `draft_vocab_probs`); slot predicting position p uses row p-1. `next_greedy` (B, T) likewise (draft ids, -1
     outside). `loss_mask` (B, T): True where the token is an assistant token. `t2d`: bool (V,).
     """
     pos = out.positions  # (B, A, P)
@@ -173,9 +174,9 @@ def kl_term(logq: torch.Tensor, targets: SlotTargets) -> torch.Tensor:
 class DSparkLoss:
     """Build from the recipe's `loss` section: `DSparkLoss.from_config(recipe.loss)`."""
 
-    weights: Mapping[str, float] = field(default_factory=lambda: {"ce": 0.1, "tv": 0.9})
-    confidence_weight: float = 1.0
-    gamma: float = 4.0
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(_LOSS.weights))
+    confidence_weight: float = _LOSS.confidence_weight
+    gamma: float = _LOSS.gamma
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(LOSS_TERMS)

@@ -23,24 +23,23 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from dspark_data.seeding import derive_seed
 from dspark_data.shutdown import GracefulStop
 from dspark_data.store.files import atomic_write_bytes
-from dspark_data.targets.weights import TargetHead, target_probs_and_greedy
-from dspark_train.checkpoint import Checkpointer
-from dspark_train.data import Batch, LoaderConfig, TrainLoader, anchor_span, eval_loader, split_indices
-from dspark_train.inputs import TrainInputs, load_head, load_inputs
+from dspark_data.targets.weights import TargetHead, draft_vocab_probs_and_greedy
+from dspark_train.data import Batch, eval_loader
+from dspark_train.inputs import load_head
 from dspark_train.logging_utils import TrainLogger, summary_figures
 from dspark_train.losses import DSparkLoss, slot_targets, slot_targets_topk
 from dspark_train.metrics import DraftMetrics
 from dspark_train.model.config import DraftConfig
 from dspark_train.model.draft import DSparkDraft
-from dspark_train.parallelize import DistInfo, all_reduce_sum, init_distributed, parallelize
+from dspark_train.parallelize import all_reduce_sum, parallelize
 from dspark_train.preempt import PREEMPTED_MESSAGE, agree_to_stop, gather_window, restore_window
-from dspark_train.resume import Decision, decide, differences, plan_dict, plan_fingerprint
+from dspark_train.resume import differences, plan_fingerprint
+from dspark_train.run_plan import RunPlan, plan_run
 from dspark_train.schedule import LRSchedule, ScheduleConfig
 from dspark_train.trackers import open_trackers
-from dspark_train.warm_start import InitSource, load_into, read_source
+from dspark_train.warm_start import load_into
 from schemas.recipe import Recipe
 
 
@@ -64,20 +63,14 @@ class TrainOptions:
 
 
 class Trainer:
-    # --- what to do
+    """A run with its model: built only for a plan that trains (fresh or resume), never for a cached one."""
+
+    # --- what to do; `_adopt` also copies the plan's decisions onto the trainer (RunPlan's fields: dist,
+    # device, autocast_dtype, inputs, train/val indices, loader_cfg, loader, total_steps, plan, init_source,
+    # checkpointer, decision), which the loop reads on every step
     recipe: Recipe
     opts: TrainOptions
-    decision: Decision
-    # --- where it runs
-    dist: DistInfo
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    # --- data
-    inputs: TrainInputs
-    train_indices: list[int]
-    val_indices: list[int]
-    loader_cfg: LoaderConfig
-    loader: TrainLoader
+    run: RunPlan
     # --- model, frozen target head, loss
     draft_config: DraftConfig
     model: DSparkDraft  # the module itself (checkpoints, validation)
@@ -87,85 +80,54 @@ class Trainer:
     # --- optimisation
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    total_steps: int
     # --- bookkeeping
-    checkpointer: Checkpointer
     logger: TrainLogger
-    plan: dict[str, Any]
     step: int
     tokens_seen: int
     untrained_val: dict[str, float] | None
     last_val: dict[str, float] | None
     notes: list[str]  # resume decisions worth printing once the logger exists
 
-    def __init__(self, recipe: Recipe, opts: TrainOptions, stop: GracefulStop | None = None) -> None:
-        """`stop`: the caller's entered GracefulStop (train.run); SIGTERM then ends the loop at a step boundary
-        with a checkpoint. Without one (a library caller) SIGTERM keeps its default action."""
+    def __init__(
+        self, recipe: Recipe, opts: TrainOptions, stop: GracefulStop | None = None, run: RunPlan | None = None
+    ) -> None:
+        """`stop`: the caller's entered GracefulStop (entrypoint.run); SIGTERM then ends the loop at a step boundary
+        with a checkpoint. Without one (a library caller) SIGTERM keeps its default action. `run`: the plan
+        the caller already made with `plan_run` (made here when None); a cached plan has nothing to train:
+        read its summary with `cached_summary` instead, so no trainer without a model ever exists."""
         self.recipe, self.opts = recipe, opts
         self.stop = stop or GracefulStop("dspark train")  # not entered: never requested
-        t = recipe.train
-        # Distributed first: rank and world size decide the data partition and who writes files.
-        self.dist = init_distributed(opts.device)
-        self.device = self.dist.device
-        # Determinism before anything draws random numbers: same seed -> same init on every rank and run.
-        torch.manual_seed(derive_seed(recipe.seed, "torch"))
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
-        use_bf16 = t.autocast == "bf16" or (t.autocast == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        # Data before the model: its checks refuse mismatched layers/hidden size/vocab before any cost.
-        self.inputs = load_inputs(recipe, data_dir=opts.data_dir, vocab_path=opts.vocab_path, synthetic=opts.synthetic,
-                                  stream=opts.stream, rank=self.dist.rank, world_size=self.dist.world_size,
-                                  skip_samples=tuple(opts.skip_samples), train_dir=opts.out_dir)
-        src = self.inputs.source
-        self.train_indices, self.val_indices = split_indices(src.ids, t.val_fraction)
-        self.loader_cfg = LoaderConfig(
-            seed=recipe.seed,
-            batch_size=t.batch_size,
-            max_anchors=t.max_anchors,
-            span=anchor_span(recipe.model.block_size, recipe.model.sample_from_anchor),
-            aux_slots=self.inputs.slots.aux,
-            last_slot=self.inputs.slots.last,
-            topk=self.inputs.slots.topk,
-            num_workers=t.num_workers,
-            prefetch=t.prefetch,
-        )
-        self.loader = TrainLoader(
-            src, self.train_indices, self.loader_cfg, world_size=self.dist.world_size, rank=self.dist.rank
-        )
-        # The step plan: epochs of micro-batches grouped into optimizer steps, capped by max_steps.
-        max_steps = opts.max_steps if opts.max_steps is not None else t.max_steps
-        self.total_steps = max(1, (t.epochs * self.loader.batches_per_epoch) // t.grad_accum)
-        if max_steps is not None:
-            self.total_steps = min(self.total_steps, max_steps)
-        # Fingerprints decide fresh / resume / cached before the model is built (a cached run costs nothing).
-        self.plan = plan_dict(
-            recipe.model_dump(mode="json"),
-            data_fp=src.info.fingerprint,
-            vocab_fp=self.inputs.vocab.fingerprint,
-            target=self.inputs.target_fingerprint(),
-            world_size=self.dist.world_size,
-        )
-        # Warm start: the starting weights change the result, so their hash is part of the plan.
-        self.init_source: InitSource | None = read_source(opts.init_from) if opts.init_from else None
-        if self.init_source is not None:
-            self.plan["init_from"] = {k: v for k, v in self.init_source.record().items() if k != "path"}
-        self.checkpointer = Checkpointer(opts.out_dir, rank=self.dist.rank, world_size=self.dist.world_size)
-        latest = self.checkpointer.latest()
-        state = self.checkpointer.read_state(latest) if latest else None
-        self.decision = decide(
-            latest, state, plan=self.plan, total_steps=self.total_steps, resume=opts.resume, train_dir=opts.out_dir
-        )
+        run = run if run is not None else plan_run(recipe, opts)
+        if run.cached:
+            raise ValueError(f"{opts.out_dir}: this plan is already trained (cached); use cached_summary(...)")
+        self._adopt(run)
         self.step, self.tokens_seen = 0, 0
         self.untrained_val = self.last_val = None
         self.notes = [check.message for check in self.inputs.checks]
         self._open_window: list[dict[str, Any]] | None = None
         self._resumed_window: tuple[dict[str, torch.Tensor], int] = ({}, 0)
         self.preempted = False
-        self._checkpoint_state = state
-        if self.decision.action == "cached":
-            return
-        # The model: architecture from the checkpoint on resume, else from recipe + target; fp32 masters.
+        self._build_model(run.checkpoint_state)
+        self._build_optimizer()
+        # Restore last: everything it overwrites now exists.
+        if self.decision.action == "resume" and run.latest is not None:
+            self._restore(run.latest)
+        self._open_logger()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _adopt(self, run: RunPlan) -> None:
+        """The plan's decisions become the trainer's own attributes (the loop reads them on every step)."""
+        self.run = run
+        self.dist, self.device, self.autocast_dtype = run.dist, run.device, run.autocast_dtype
+        self.inputs, self.loader_cfg, self.loader = run.inputs, run.loader_cfg, run.loader
+        self.train_indices, self.val_indices = run.train_indices, run.val_indices
+        self.total_steps, self.plan, self.init_source = run.total_steps, run.plan, run.init_source
+        self.checkpointer, self.decision = run.checkpointer, run.decision
+
+    def _build_model(self, state: dict[str, Any] | None) -> None:
+        """The draft (fp32 masters), the frozen target head the loss targets need, the loss, the parallel wrap."""
+        recipe = self.recipe
+        # Architecture from the checkpoint on resume, else from recipe + target.
         if self.decision.action == "resume" and state is not None:
             self.draft_config = DraftConfig.from_dict(state["draft_config"])
         else:
@@ -184,8 +146,11 @@ class Trainer:
         del head
         self.loss_fn = DSparkLoss.from_config(recipe.loss)
         # Parallelism wraps the single-device model in one place (DDP, or FSDP2 with train.fsdp).
-        self.wrapped = parallelize(self.model, self.dist, fsdp=t.fsdp)
-        # Optimizer over the trainable parameters only (frozen target tensors are buffers).
+        self.wrapped = parallelize(self.model, self.dist, fsdp=recipe.train.fsdp)
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the trainable parameters only (frozen target tensors are buffers), and its lr schedule."""
+        t = self.recipe.train
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=t.lr,
@@ -193,16 +158,17 @@ class Trainer:
             weight_decay=t.weight_decay,
         )
         self.schedule = LRSchedule(self.optimizer, ScheduleConfig.from_train(t, self.total_steps))
-        # Restore last: everything it overwrites now exists.
-        if self.decision.action == "resume" and latest is not None:
-            self._restore(latest)
+
+    def _open_logger(self) -> None:
+        """Console/JSONL logger and trackers (rank 0), then the notes gathered while building."""
+        recipe, opts = self.recipe, self.opts
         self.logger = TrainLogger(
             opts.out_dir,
             enabled=self.dist.is_main,
             total_steps=self.total_steps,
             start_step=self.step,
             trackers=open_trackers(
-                t.report_to, opts.out_dir, run_name=f"{recipe.name}-{plan_fingerprint(self.plan)[:8]}",
+                recipe.train.report_to, opts.out_dir, run_name=f"{recipe.name}-{plan_fingerprint(self.plan)[:8]}",
                 fingerprint=plan_fingerprint(self.plan), config=recipe.model_dump(mode="json"),
                 start_step=self.step, warn=lambda m: self.notes.append(escape(m)),  # "[wandb]" is no markup
             ) if self.dist.is_main else [],
@@ -218,7 +184,6 @@ class Trainer:
         for note in self.notes + self.draft_config.notes:
             self.logger.message(f"note: {note}")
 
-    # ------------------------------------------------------------------ setup helpers
     def _describe(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         return (
@@ -292,7 +257,7 @@ class Trainer:
                                         batch.topk_tail, self.model.t2d)
             return out, targets
         with torch.no_grad():
-            next_probs, next_greedy = target_probs_and_greedy(batch.target_hidden, self.head, self.model.t2d)
+            next_probs, next_greedy = draft_vocab_probs_and_greedy(batch.target_hidden, self.head, self.model.t2d)
         targets = slot_targets(out, batch.input_ids, batch.loss_mask, next_probs, self.model.t2d, next_greedy)
         return out, targets
 
@@ -358,9 +323,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
-        """Run (or reuse) the plan; returns the summary written to summary.json."""
-        if self.decision.action == "cached":
-            return self._write_summary(cached=True)
+        """Run the plan; returns the summary written to summary.json."""
         t = self.recipe.train
         if self.step == 0 and self.val_indices:
             self.untrained_val = self.validate()  # the untrained draft's figures: the bar training must clear
@@ -404,8 +367,12 @@ class Trainer:
             self.logger.close()
             self.train_seconds = time.perf_counter() - start
             wait_total = self.loader.wait_s
-        self.data_wait_frac = wait_total / max(self.train_seconds, 1e-9)
-        return self._write_summary(cached=False)
+        data_wait_frac = wait_total / max(self.train_seconds, 1e-9)
+        return write_summary(
+            self.run, self.opts.out_dir, step=self.step, tokens=self.tokens_seen, last_val=self.last_val,
+            untrained_val=self.untrained_val, preempted=self.preempted,
+            timing={"train_seconds": round(self.train_seconds, 2), "data_wait_frac": round(data_wait_frac, 4)},
+        )
 
     def _log_window(self, window: dict[str, float], running: dict[str, torch.Tensor], pending: float) -> float:
         """One console/JSONL line for the steps since the last one (the only host sync of the loop)."""
@@ -426,28 +393,43 @@ class Trainer:
         window.update(start=now, wait=self.loader.wait_s, steps=0)
         return 0.0
 
-    def _write_summary(self, cached: bool) -> dict[str, Any]:
-        """summary.json: flat figures for `dspark demo`'s table (rank 0 writes it)."""
-        if cached:
-            state = self._checkpoint_state or {}
-            self.step, self.tokens_seen = int(state.get("step", 0)), int(state.get("tokens_seen", 0))
-            self.last_val, self.untrained_val = state.get("last_val"), state.get("untrained_val")
-        summary: dict[str, Any] = {
-            "cached": cached,
-            "steps": self.step,
-            "tokens": self.tokens_seen,
-            "fingerprint": plan_fingerprint(self.plan),
-            "checkpoint": str(self.checkpointer.latest() or ""),
-            "preempted": self.preempted,
-        }
-        if self.init_source is not None:
-            summary["init_from"] = self.init_source.record()
-        if not cached:
-            summary["train_seconds"] = round(self.train_seconds, 2)
-            summary["data_wait_frac"] = round(self.data_wait_frac, 4)
-        summary.update(summary_figures("val_", self.last_val, per_position=True))
-        summary.update(summary_figures("untrained_val_", self.untrained_val, per_position=False))
-        if self.dist.is_main:
-            self.opts.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.opts.out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-        return summary
+
+def write_summary(
+    run: RunPlan,
+    out_dir: Path,
+    *,
+    step: int,
+    tokens: int,
+    last_val: dict[str, float] | None,
+    untrained_val: dict[str, float] | None,
+    preempted: bool = False,
+    timing: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """summary.json: flat figures for `dspark demo`'s table (rank 0 writes it). `timing` only for a run that
+    trained now (train_seconds, data_wait_frac); a cached run has none."""
+    summary: dict[str, Any] = {
+        "cached": timing is None,
+        "steps": step,
+        "tokens": tokens,
+        "fingerprint": plan_fingerprint(run.plan),
+        "checkpoint": str(run.checkpointer.latest() or ""),
+        "preempted": preempted,
+    }
+    if run.init_source is not None:
+        summary["init_from"] = run.init_source.record()
+    summary.update(timing or {})
+    summary.update(summary_figures("val_", last_val, per_position=True))
+    summary.update(summary_figures("untrained_val_", untrained_val, per_position=False))
+    if run.dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
+
+
+def cached_summary(run: RunPlan, out_dir: Path) -> dict[str, Any]:
+    """The summary of a plan the checkpoint already finished: its figures, read back; nothing is built."""
+    state = run.checkpoint_state or {}
+    return write_summary(
+        run, out_dir, step=int(state.get("step", 0)), tokens=int(state.get("tokens_seen", 0)),
+        last_val=state.get("last_val"), untrained_val=state.get("untrained_val"),
+    )

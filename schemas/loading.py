@@ -17,6 +17,7 @@ from schemas.recipe import Recipe
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = "tiny"  # the recipe every command and entry point uses when none is named
 
 
 class RecipeError(ValueError):
@@ -94,7 +95,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_recipe(name_or_path: str = "tiny", overrides: list[str] | None = None, seed: int | None = None) -> Recipe:
+def load_recipe(
+    name_or_path: str = DEFAULT_RECIPE, overrides: list[str] | None = None, seed: int | None = None
+) -> Recipe:
     """Load, override and validate a recipe. `seed` (the `--seed` flag) wins over `seed` in the file."""
     path = recipe_path(name_or_path)
     try:

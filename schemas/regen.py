@@ -99,29 +99,19 @@ class RegenRecord(StrictModel):
 
 
 _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("reasoning_content", pa.string())])
-_SAMPLING = pa.struct(
-    [
-        ("temperature", pa.float64()),
-        ("top_p", pa.float64()),
-        ("top_k", pa.int64()),
-        ("min_p", pa.float64()),
-        ("repetition_penalty", pa.float64()),
-        ("presence_penalty", pa.float64()),
-        ("frequency_penalty", pa.float64()),
-        ("max_new_tokens", pa.int64()),
-    ]
-)
-_TURN = pa.struct(
-    [
-        ("turn", pa.int32()),
-        ("seed", pa.int64()),
-        ("prompt_tokens", pa.int32()),
-        ("generated_tokens", pa.int32()),
-        ("finish_reason", pa.string()),
-        ("kept_prefix_tokens", pa.int32()),
-        ("retokenized", pa.bool_()),
-    ]
-)
+
+
+def _struct(model: type[StrictModel], ints: pa.DataType, **exceptions: pa.DataType) -> pa.StructType:
+    """An Arrow struct of `model`'s fields in the model's order, so the record and its columns cannot drift:
+    floats float64, bools bool, strings string, ints `ints` unless `exceptions` names another type."""
+    by_type: dict[Any, pa.DataType] = {float: pa.float64(), int: ints, bool: pa.bool_(), str: pa.string()}
+    return pa.struct(
+        [(name, exceptions.get(name) or by_type[field.annotation]) for name, field in model.model_fields.items()]
+    )
+
+
+_SAMPLING = _struct(SamplingRecord, ints=pa.int64())
+_TURN = _struct(RegenTurn, ints=pa.int32(), seed=pa.int64())  # seeds are 64-bit (derive_seed)
 
 # Column order follows RegenRecord's field order. input_ids are int32 (every vocabulary fits; half the
 # bytes of int64), loss_mask is bool, as the hidden-state store and the trainer use.

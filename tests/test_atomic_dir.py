@@ -115,7 +115,7 @@ def test_checkpoint_latest_survives_a_resave_killed_between_renames(tmp_path) ->
     """The trainer's `latest` names a step whose re-save died after the old copy was moved aside:
     the checkpoint is found (and renamed back on rank 0), and export's reader finds it too."""
     from dspark_train.checkpoint import Checkpointer
-    from dspark_train.export.source import find_checkpoint
+    from dspark_train.export.checkpoint_reader import find_checkpoint
 
     ckpts = tmp_path / "train" / "checkpoints"
     step = backup_path(ckpts / "step-000002")

@@ -29,8 +29,8 @@ from dspark_data.store import ShardWriter, StoreError, open_hidden
 from dspark_data.store.parts import PartsDataset, open_hidden_any
 from dspark_data.targets import load_target_info
 from dspark_data.vocab import build_vocab
+from dspark_train.entrypoint import run
 from dspark_train.launch_env import first_host, slurm_dist_env
-from dspark_train.train import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe
 from schemas.regen import REGEN_KIND
@@ -44,7 +44,7 @@ TRAIN = ["seq_len=128", "model.num_layers=1", "vocab.draft_vocab_size=256", "tra
 
 def _regen_parts(parent: Path, seqs: list[list[int]], ids: list[str], num_shards: int) -> None:
     """Regen-kind parts as `dspark regen --num-shards N` lays them out (fingerprint + assigned ids)."""
-    from test_capture_support import REGEN_SCHEMA
+    from regen_schema import REGEN_SCHEMA
 
     for i in range(num_shards):
         mine = [(sid, seq) for sid, seq in zip(ids, seqs, strict=True) if part_of(sid, num_shards) == i]

@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 import torch
+from regen_schema import REGEN_SCHEMA
 
 from dspark_data.store import ShardWriter
 from schemas.loading import load_recipe
 from schemas.recipe import Recipe
-
-REGEN_SCHEMA = pa.schema(
-    [("id", pa.string()), ("input_ids", pa.list_(pa.int32())), ("loss_mask", pa.list_(pa.bool_()))]
-)
 
 
 def random_sequences(n: int, vocab: int, lo: int = 12, hi: int = 200, seed: int = 0) -> list[list[int]]:

@@ -17,11 +17,11 @@ from dspark_data.store.groupq import QuantPlanes
 from dspark_data.store.parts import open_hidden_any, part_name
 from dspark_data.store.topk import TopK
 from dspark_data.vocab import build_vocab
-from dspark_train import trainer as trainer_mod
+from dspark_train import run_plan as run_plan_mod
 from dspark_train.data import LoaderConfig, SyntheticHiddenSource, TrainLoader
 from dspark_train.data.collate import DeferredHidden, collate
 from dspark_train.data.source import HiddenSample, StoreSource
-from dspark_train.train import run
+from dspark_train.entrypoint import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe
 
@@ -136,7 +136,7 @@ def _compare_runs(stored, tiny_random_target, tmp_path, monkeypatch, device: str
     deferred = _run(recipe, data, vocab, tmp_path / "deferred", device)
     assert calls and all(c.startswith(device) for c in calls)  # every batch went through the device step
     trained = len(calls)
-    monkeypatch.setattr(trainer_mod, "LoaderConfig", functools.partial(LoaderConfig, device_dequant=False))
+    monkeypatch.setattr(run_plan_mod, "LoaderConfig", functools.partial(LoaderConfig, device_dequant=False))
     eager = _run(recipe, data, vocab, tmp_path / "eager", device)
     assert len(calls) == trained  # the eager run never deferred
     assert [r["kind"] for r in deferred[0]].count("train") == 4 and any(r["kind"] == "val" for r in deferred[0])

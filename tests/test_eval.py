@@ -17,7 +17,7 @@ from test_export import make_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dspark_train.eval.offline import chat_ids, eos_ids
-from dspark_train.eval.speculative import Calibration, SamplingParams, _accept, speculate, target_probs
+from dspark_train.eval.speculative import Calibration, SamplingParams, _accept, sampling_probs, speculate
 from dspark_train.eval.target import HfTarget
 from dspark_train.export import export_draft, load_export
 from dspark_train.model import Proposal
@@ -41,10 +41,10 @@ def export_dir(tmp_path_factory, tiny_random_target) -> Path:
 
 def test_target_probs_temperature_then_top_p():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    torch.testing.assert_close(target_probs(logits, 1.0, 1.0), torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    torch.testing.assert_close(target_probs(logits, 1.0, 0.7), torch.tensor([0.5, 0.3, 0.0, 0.0]) / 0.8)
-    torch.testing.assert_close(target_probs(logits, 1.0, 0.45), torch.tensor([1.0, 0.0, 0.0, 0.0]))
-    hot = target_probs(logits, 2.0, 1.0)
+    torch.testing.assert_close(sampling_probs(logits, 1.0, 1.0), torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    torch.testing.assert_close(sampling_probs(logits, 1.0, 0.7), torch.tensor([0.5, 0.3, 0.0, 0.0]) / 0.8)
+    torch.testing.assert_close(sampling_probs(logits, 1.0, 0.45), torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    hot = sampling_probs(logits, 2.0, 1.0)
     assert hot[0] < 0.5 and hot[3] > 0.05
 
 

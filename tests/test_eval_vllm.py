@@ -75,8 +75,8 @@ def build_trained_draft(root: Path, target: str) -> dict[str, Path]:
     from dspark_data.capture.layers import plan_layers
     from dspark_data.store import HiddenStateWriter
     from dspark_data.vocab import build_vocab
+    from dspark_train.entrypoint import run
     from dspark_train.export import export_draft
-    from dspark_train.train import run
     from dspark_train.trainer import TrainOptions
     from schemas.loading import load_recipe
 

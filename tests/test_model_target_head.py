@@ -1,4 +1,4 @@
-"""load_target_head reads only embed/norm/lm_head (single file, sharded, tied); target_probs restricts via t2d."""
+"""load_target_head reads only embed/norm/lm_head (single file, sharded, tied); draft_vocab_probs restricts via t2d."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dspark_data.targets.weights import TargetHead, load_target_head, target_probs, target_probs_and_greedy
+from dspark_data.targets.weights import TargetHead, draft_vocab_probs, draft_vocab_probs_and_greedy, load_target_head
 
 
 def _write_target(tmp: Path, *, sharded: bool, tied: bool, prefix: str = "model.") -> dict[str, torch.Tensor]:
@@ -59,7 +59,7 @@ def test_unknown_names_fail_with_a_hint(tmp_path: Path) -> None:
         load_target_head(tmp_path)
 
 
-def test_target_probs_restricted_not_renormalised() -> None:
+def test_draft_vocab_probs_restricted_not_renormalised() -> None:
     h = 2
     head = TargetHead(
         embed=torch.zeros(4, h),
@@ -69,10 +69,10 @@ def test_target_probs_restricted_not_renormalised() -> None:
     )
     hidden = torch.tensor([[3.0, 0.0], [0.0, 5.0]])  # rms-normalised: [sqrt2, 0] and [0, sqrt2]
     t2d = torch.tensor([True, True, False, True])  # target 2 (the argmax of row 0) is outside the draft vocab
-    probs, greedy = target_probs_and_greedy(hidden, head, t2d)
+    probs, greedy = draft_vocab_probs_and_greedy(hidden, head, t2d)
     s = math.sqrt(2)
     full0 = torch.softmax(torch.tensor([s, 0.0, 2 * s, 0.0]), -1)
     full1 = torch.softmax(torch.tensor([0.0, s, 0.0, 0.0]), -1)
     torch.testing.assert_close(probs, torch.stack([full0[[0, 1, 3]], full1[[0, 1, 3]]]))
     assert probs[0].sum() < 1 and greedy.tolist() == [-1, 1]
-    torch.testing.assert_close(target_probs(hidden.view(1, 2, 2), head, t2d), probs.view(1, 2, 3))
+    torch.testing.assert_close(draft_vocab_probs(hidden.view(1, 2, 2), head, t2d), probs.view(1, 2, 3))

@@ -39,7 +39,7 @@ from dspark_data.store import HiddenStateWriter, open_hidden
 from dspark_data.stream.auth import AuthConfigError, authorized, check_bind, is_loopback
 from dspark_data.stream.cache import open_cache
 from dspark_data.stream.launch import ServeOptions, kwargs_to_flags
-from dspark_data.stream.record import RecordError, check_matches, encode_sample, read_record
+from dspark_data.stream.record import RecordError, check_matches, decode_record, encode_sample
 from dspark_train.data.sampler import epoch_batches
 from dspark_train.data.split import split_indices
 from dspark_train.data.stream_source import schedule_owners
@@ -87,7 +87,7 @@ def test_record_is_the_store_row(tmp_path) -> None:
     hidden = torch.randn(30, 4, 128, generator=g).to(torch.bfloat16)
     ids, mask = np.arange(30, dtype=np.int64) + 5, np.arange(30) > 9
     data = encode_sample("s-1", ids, mask, hidden, codec="zstd-split", layer_ids=[1, 3, 5, 6])
-    rec = read_record(data)
+    rec = decode_record(data)
     check_matches(rec, "s-1", ids, mask)
     with pytest.raises(RecordError, match="differ"):
         check_matches(rec, "s-1", ids + 1, mask)
@@ -101,7 +101,7 @@ def test_record_is_the_store_row(tmp_path) -> None:
     assert a.manifest.totals == b.manifest.totals
     assert (tmp_path / "a" / "shard-00000.arrow").read_bytes() == (tmp_path / "b" / "shard-00000.arrow").read_bytes()
     with pytest.raises(RecordError):
-        read_record(b"not arrow")
+        decode_record(b"not arrow")
 
 
 def test_schedule_owners_follow_the_sampler() -> None:
@@ -223,7 +223,7 @@ def test_token_checked_on_every_route(tmp_path) -> None:
         body = {"id": "a", "input_ids": [20, 21, 22], "loss_mask": [False, True, True]}
         assert httpx.post(secured.url + "/v1/hidden", json=body, timeout=10).status_code == 401
         ok = httpx.post(secured.url + "/v1/hidden", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        assert ok.status_code == 200 and read_record(ok.content).sample_id == "a"
+        assert ok.status_code == 200 and decode_record(ok.content).sample_id == "a"
         # a trainer without the token (or with another) is told what to set
         from dspark_data.stream.client import StreamClient, StreamError
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from regen_schema import REGEN_SCHEMA
 from test_stream_support import (
-    REGEN_SCHEMA,
     SMALL,
     Server,
     final_weights,

@@ -18,16 +18,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pyarrow as pa
 import torch
+from regen_schema import REGEN_SCHEMA
 from safetensors.torch import load_file
 
 from dspark_data.store import ShardWriter
 
 ROOT = Path(__file__).resolve().parent.parent
-REGEN_SCHEMA = pa.schema(
-    [("id", pa.string()), ("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.bool_()))]
-)
 TINY = "tiny:random"
 # A tiny training run: 1 draft layer, short conversations, full target vocab (no vocab file needed).
 SMALL = [

@@ -184,9 +184,9 @@ def test_vllm_capture_loads_the_revision(offline, regen, tmp_path, monkeypatch) 
 
 def test_train_export_and_eval_follow_the_revision(offline, tmp_path) -> None:
     """Trainer head, export (verifier.revision + the verifier's lm_head rows) and eval's target: revision B."""
+    from dspark_train.entrypoint import default_options, run
     from dspark_train.eval.offline import EvalOptions, run_offline_eval
     from dspark_train.export import export_draft, load_export
-    from dspark_train.train import default_options, run
     from schemas.loading import load_recipe
 
     sets = ["seq_len=64", "model.num_layers=1", "vocab.draft_vocab_size=256", "train.batch_size=2",

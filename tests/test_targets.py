@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dspark_data.targets import load_target_info, resolve_target
-from dspark_data.targets.chat_template import SPECIAL_TOKENS
 from dspark_data.targets.info import target_info_from_config
-from dspark_data.targets.tiny import tiny_spec
+from dspark_data.targets.tiny.build import tiny_spec
+from dspark_data.targets.tiny.chat_template import SPECIAL_TOKENS
 
 
 def _file_digests(directory: str | Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ from dspark_data.capture.logprobs import LogprobsError, from_logits, from_positi
 from dspark_data.store import HiddenStateWriter, StoreError, inspect, open_dataset, open_hidden, verify
 from dspark_data.store import topk as tk
 from dspark_data.store.sizing import project_size
-from dspark_data.stream.record import encode_sample, read_record
+from dspark_data.stream.record import decode_record, encode_sample
 from dspark_train.data.checks import DataMismatch, layer_slots
 from dspark_train.data.collate import collate
 from dspark_train.data.source import HiddenSample
@@ -135,7 +135,7 @@ def test_store_column_verify_inspect_and_stream_record_bit_identical(tmp_path) -
     # the streamed record is the stored row, byte for byte
     store = open_dataset(out)
     for sid, ids, mask, hidden, top in samples:
-        rec = read_record(encode_sample(sid, ids.numpy(), mask.numpy(), hidden, codec="zstd-split",
+        rec = decode_record(encode_sample(sid, ids.numpy(), mask.numpy(), hidden, codec="zstd-split",
                                         layer_ids=[1, 3], topk=top))
         batch, r = store.record(store.index_of(sid))
         assert rec.topk_logprobs == 6 and rec.batch.equals(batch.slice(r, 1))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_train import SMALL, _write_hidden
 
-from dspark_train.train import run
+from dspark_train.entrypoint import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe
 

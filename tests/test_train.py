@@ -21,9 +21,9 @@ from dspark_data.vocab import build_vocab
 from dspark_train.checkpoint import Checkpointer, CheckpointMismatch
 from dspark_train.data import SyntheticHiddenSource
 from dspark_train.data.checks import DataMismatch
+from dspark_train.entrypoint import run
 from dspark_train.resume import RunConflict
 from dspark_train.schedule import ScheduleConfig, lr_at
-from dspark_train.train import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe
 
@@ -308,7 +308,7 @@ def test_dspark_train_and_module_share_one_parser() -> None:
 
 
 def test_torchrun_relaunch_keeps_flags_and_hides_the_token() -> None:
-    from dspark_train.train import torchrun_argv
+    from dspark_train.entrypoint import torchrun_argv
 
     argv = torchrun_argv(["--data", "D", "--nproc-per-node", "2", "--token", "s3cret", "--vocab=V"], 2)
     assert argv[argv.index("-m", 2) + 1] == "dspark_train" and "--nproc-per-node=2" in argv

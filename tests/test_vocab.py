@@ -6,17 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
+from regen_schema import REGEN_SCHEMA
 
 from dspark_data.store import HiddenStateWriter, ShardWriter
 from dspark_data.vocab import build_vocab, load_vocab, select_vocab
 
-SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.bool_()))])
-
 
 def _regen(d: Path, rows: list[tuple[list[int], list[bool]]]) -> None:
-    with ShardWriter(d, "regen", SCHEMA, {"t": 1}, shard_rows=2) as w:
+    with ShardWriter(d, "regen", REGEN_SCHEMA, {"t": 1}, shard_rows=2) as w:
         for i, (ids, mask) in enumerate(rows):
             w.write({"id": f"r{i}", "input_ids": ids, "loss_mask": mask})
 

@@ -14,10 +14,10 @@ from speculators_fixture import speculators_checkpoint
 from test_train import SMALL, _write_hidden
 
 from dspark_data.vocab import build_vocab
+from dspark_train.entrypoint import run
 from dspark_train.export.exporter import export_draft
 from dspark_train.export.weights import BACKBONE, DSPARK_HEADS
 from dspark_train.resume import RunConflict
-from dspark_train.train import run
 from dspark_train.trainer import Trainer, TrainOptions
 from dspark_train.warm_start import InitFromError
 from schemas.loading import load_recipe

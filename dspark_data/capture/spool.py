@@ -103,7 +103,7 @@ def write_error(path: Path, message: str) -> None:
     os.replace(tmp, err)
 
 
-def read_record(path: Path) -> SpoolRecord:
+def read_spool_file(path: Path) -> SpoolRecord:
     """Load one record (copied into memory) after checking it is one of ours."""
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
@@ -142,6 +142,6 @@ def take_record(
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     try:
-        return read_record(path)
+        return read_spool_file(path)
     finally:
         path.unlink(missing_ok=True)

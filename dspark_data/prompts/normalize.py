@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dspark_data.prompts.sources import RowError
+from schemas.recipe import PromptsConfig
+
+_PROMPTS = PromptsConfig()  # the recipe's column names, for a caller without a recipe
 
 ROLE_ALIASES: dict[str, str] = {
     "system": "system",
@@ -141,8 +144,8 @@ def normalize_row(
     *,
     source: str,
     index: int,
-    messages_column: str = "messages",
-    id_column: str | None = "prompt_id",
+    messages_column: str = _PROMPTS.messages_column,
+    id_column: str | None = _PROMPTS.id_column,
 ) -> Prompt | Rejection:
     """One raw row -> Prompt, or Rejection naming why (see the module docstring for the rules)."""
     if isinstance(row, RowError):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from schemas.recipe import PromptsConfig
+
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -198,7 +200,7 @@ def _json_table(path: Path) -> ListTable:
     return ListTable(path.name, rows, {"kind": "file", "name": path.name, "sha256": _sha256(data)})
 
 
-def open_source(source: str, split: str = "train_sft") -> RowTable:
+def open_source(source: str, split: str = PromptsConfig.model_fields["split"].default) -> RowTable:
     """Open the recipe's `prompts.source` as a row table (see the module docstring for the kinds)."""
     if source == "embedded":
         return _embedded_table()

@@ -13,6 +13,7 @@ from typing import Any
 
 from dspark_data.store.codecs import get_codec
 from dspark_data.store.topk import raw_bytes_per_token as topk_raw_bytes_per_token
+from schemas.recipe import CaptureConfig
 
 # measured on heavy-tailed synthetic activations and on the tiny targets (zstd level 1); the group codecs'
 # figures are the tiny target's (docs/formats/store.md). Prediction across layers pays by how correlated
@@ -54,7 +55,7 @@ def project_size(
     codec: str,
     *,
     samples: int = 0,
-    shard_bytes: int = 1 << 30,
+    shard_bytes: int = CaptureConfig.model_fields["shard_bytes"].default,
     measured_ratio: float | None = None,
     topk_logprobs: int = 0,
 ) -> SizeProjection:

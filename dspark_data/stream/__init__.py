@@ -13,7 +13,7 @@ Importing this package imports neither vLLM nor aiohttp (the server modules do, 
 from dspark_data.stream.auth import TOKEN_ENV, AuthConfigError, authorized, check_bind, is_loopback, resolve_token
 from dspark_data.stream.cache import CacheDataset, CacheWriter, PartsView, is_cache, open_cache, part_dir
 from dspark_data.stream.client import RetryPolicy, SampleRejected, ServerMismatch, StreamClient, StreamError
-from dspark_data.stream.record import RecordError, StreamedRecord, encode_sample, read_record
+from dspark_data.stream.record import RecordError, StreamedRecord, decode_record, encode_sample
 
 __all__ = [
     "TOKEN_ENV",
@@ -35,6 +35,6 @@ __all__ = [
     "is_loopback",
     "open_cache",
     "part_dir",
-    "read_record",
+    "decode_record",
     "resolve_token",
 ]

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from dspark_data.stream.auth import auth_headers
-from dspark_data.stream.record import RecordError, StreamedRecord, check_matches, read_record
+from dspark_data.stream.record import RecordError, StreamedRecord, check_matches, decode_record
 from schemas.stream import STREAM_SCHEMA_VERSION, StreamErrorBody, StreamInfo
 
 
@@ -185,7 +185,7 @@ class StreamClient:
                 if resp.status_code == 200:
                     self._mark_up(ep)
                     try:
-                        record = read_record(resp.content)
+                        record = decode_record(resp.content)
                     except RecordError as exc:
                         raise StreamError(f"{ep.url}: malformed reply for {sample_id!r}: {exc}") from None
                     with self._lock:

@@ -97,7 +97,7 @@ class StreamedRecord:
         return HiddenSample(self.sample_id, ids, mask, hidden, topk)
 
 
-def read_record(data: bytes) -> StreamedRecord:
+def decode_record(data: bytes) -> StreamedRecord:
     """Parse the wire bytes; RecordError when they are not exactly one streamed sample."""
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(data))

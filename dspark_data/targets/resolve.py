@@ -17,7 +17,7 @@ def resolve_target(spec: str) -> str:
     """`tiny:random` / `tiny:trained` / `tiny:mla` / `tiny:glm5` -> built local dir; dir or hub id unchanged."""
     spec = str(spec)
     if spec.startswith(TINY_PREFIX):
-        from dspark_data.targets.tiny import build_tiny
+        from dspark_data.targets.tiny.build import build_tiny
 
         return str(build_tiny(spec[len(TINY_PREFIX) :]))
     path = Path(spec).expanduser()

@@ -6,7 +6,7 @@ stored last-layer hidden state (layer id N, *before* the final norm) as softmax(
 `load_target_head` opens only the safetensors shards that hold those tensors (found through
 `model.safetensors.index.json`), so a 700 GB target costs a few GB of reads.
 
-Draft-vocab restriction (`target_probs`): the softmax runs over the *full* target vocab and the draft
+Draft-vocab restriction (`draft_vocab_probs`): the softmax runs over the *full* target vocab and the draft
 columns are then selected through t2d, without renormalising. The missing mass `1 - sum(p)` is what the
 target puts on tokens the draft can never propose; keeping it out makes `1 - TV(q, p) = sum min(q, p)` the
 exact acceptance probability of rejection sampling in target space (the draft has zero mass outside its
@@ -162,7 +162,7 @@ def target_logits(last_hidden: torch.Tensor, head: TargetHead) -> torch.Tensor:
     return torch.nn.functional.linear(x, head.lm_head).float()
 
 
-def target_probs_and_greedy(
+def draft_vocab_probs_and_greedy(
     last_hidden: torch.Tensor,
     head: TargetHead,
     t2d: torch.Tensor | None = None,
@@ -194,6 +194,6 @@ def target_probs_and_greedy(
     return probs.view(*lead, d), greedy.view(lead)
 
 
-def target_probs(last_hidden: torch.Tensor, head: TargetHead, t2d: torch.Tensor | None = None) -> torch.Tensor:
+def draft_vocab_probs(last_hidden: torch.Tensor, head: TargetHead, t2d: torch.Tensor | None = None) -> torch.Tensor:
     """(..., H) -> (..., D): the target's next-token probabilities restricted (not renormalised) to t2d."""
-    return target_probs_and_greedy(last_hidden, head, t2d)[0]
+    return draft_vocab_probs_and_greedy(last_hidden, head, t2d)[0]

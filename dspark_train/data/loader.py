@@ -22,6 +22,9 @@ from dspark_train.data.checks import DataMismatch
 from dspark_train.data.collate import Batch, collate
 from dspark_train.data.sampler import epoch_batches, eval_batches
 from dspark_train.data.source import HiddenSample, HiddenSource
+from schemas.recipe import TrainConfig
+
+_TRAIN = TrainConfig()  # the recipe's loader knobs, for a LoaderConfig built without a recipe
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -37,8 +40,8 @@ class LoaderConfig:
     span: int  # anchors.anchor_span(block_size, sample_from_anchor)
     aux_slots: tuple[int, ...]  # positions of the aux layers on the stored layer axis
     last_slot: int | None  # position of the last layer on the stored layer axis (None: top-K targets)
-    num_workers: int = 2
-    prefetch: int = 4
+    num_workers: int = _TRAIN.num_workers
+    prefetch: int = _TRAIN.prefetch
     topk: int = 0  # K of the top-K targets (each sample's stored top-K cut to K); 0 with a last_slot
     # Group codecs: threads only entropy-decode, `Batch.to(device)` dequantises (collate.py); False: all on the CPU
     device_dequant: bool = True

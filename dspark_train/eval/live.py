@@ -6,27 +6,25 @@ Results go to `<eval dir>/vllm/` in the offline layout (`results.json`, `accepta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dspark_train.eval.offline import MODES, write_outputs
+from dspark_train.eval.offline import write_outputs
 from dspark_train.eval.prompts import load_prompt_set
+from dspark_train.eval.scope import MODES, RUN_SEED, EvalScope
 from dspark_train.eval.server import measure_server, served_model
 
 LIVE_SUBDIR = "vllm"
 
 
-@dataclass
-class LiveOptions:
+@dataclass(kw_only=True)
+class LiveOptions(EvalScope):
+    """Live eval against a vLLM server; the scope (sets, modes, budget) is `EvalScope`'s."""
+
     url: str
-    out_dir: Path
-    prompt_sets: list[str] = field(default_factory=lambda: ["code", "math"])
-    modes: list[str] = field(default_factory=lambda: ["greedy", "sampled"])
-    num_prompts: int | None = None
-    max_new_tokens: int = 1024
     concurrency: int = 16
-    seed: int | None = 0
+    seed: int | None = RUN_SEED
     timeout_s: float = 600.0
 
 

@@ -31,36 +31,29 @@ from dspark_data.store.files import atomic_write_bytes
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
 from dspark_train.eval.consistency import consistency_for_set
 from dspark_train.eval.prompts import load_prompt_set
+from dspark_train.eval.scope import EVAL_DEFAULTS, MODE_TITLES, MODES, RUN_SEED, TARGET_DTYPE, EvalScope
 from dspark_train.eval.speculative import Calibration, SamplingParams, speculate
 from dspark_train.eval.target import HfTarget
 from dspark_train.export.load import LoadedDraft, load_export
 from schemas import fingerprint
 
-MODES = {
-    "greedy": SamplingParams(temperature=0.0),
-    "sampled": SamplingParams(temperature=1.0, top_p=0.95),  # the seed card's "default sampling"
-}
 TINY_HIDDEN = 512  # targets at most this wide are evaluated on one CPU thread by default
-MODE_TITLES = {"greedy": "Greedy (temperature=0)", "sampled": "Default sampling (temperature=1.0, top_p=0.95)"}
 
 
-@dataclass
-class EvalOptions:
+@dataclass(kw_only=True)
+class EvalOptions(EvalScope):
+    """Offline eval of an exported draft; the scope (sets, modes, budget) is `EvalScope`'s."""
+
     draft_dir: Path
-    out_dir: Path
-    prompt_sets: list[str] = field(default_factory=lambda: ["code", "math"])
-    modes: list[str] = field(default_factory=lambda: ["greedy", "sampled"])
-    num_prompts: int | None = None
-    max_new_tokens: int = 256
     num_speculative_tokens: int | None = None  # default: the export's proposal method
     target: str | None = None  # default: the export's verifier
     target_revision: str | None = None  # default: the export's verifier.revision (with --target: the recipe's)
-    dtype: str = "bfloat16"
+    dtype: str = TARGET_DTYPE
     draft_sampling: str = "probabilistic"
-    seed: int = 0
+    seed: int = RUN_SEED
     num_threads: int | None = None  # torch CPU threads (None: 1 for tiny CPU targets, else torch's default)
     consistency: bool = False  # also compare with the trainer's metric on the same data (consistency.py)
-    backend: str = "hf"  # recipe eval.backend: "hf" (transformers, in this process) or "vllm" (target_factory)
+    backend: str = EVAL_DEFAULTS.backend  # recipe eval.backend: "hf" (transformers, here) or "vllm" (target_factory)
     # (path, aux_layer_ids, dtype=, revision=) -> a target with HfTarget's interface; required for "vllm"
     target_factory: Callable[..., Any] | None = field(default=None, repr=False)
 

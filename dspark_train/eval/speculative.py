@@ -104,7 +104,7 @@ class Generation:
     accepted: list[int] = field(default_factory=list)  # draft tokens accepted at each step
 
 
-def target_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """(..., V) logits -> probabilities after temperature, then nucleus filtering, as vLLM computes them.
 
     vLLM (`apply_top_k_top_p_pytorch`) sorts ascending and drops every token whose ascending cumulative
@@ -140,7 +140,7 @@ def _accept(
         while a < len(drafts) and drafts[a] == best[a]:
             a += 1
         return a, best[a]
-    p = target_probs(logits, params.temperature, params.top_p)  # (K+1, V)
+    p = sampling_probs(logits, params.temperature, params.top_p)  # (K+1, V)
     for i, d in enumerate(drafts):
         ratio = p[i, d] / q[i, d].clamp_min(1e-30)
         if torch.rand((), generator=generator) < ratio:
@@ -174,7 +174,7 @@ def speculate(
     if params.greedy:
         nxt = int(step.logits[-1].argmax())
     else:
-        nxt = _sample(target_probs(step.logits[-1], params.temperature, params.top_p), generator)
+        nxt = _sample(sampling_probs(step.logits[-1], params.temperature, params.top_p), generator)
     tokens = [nxt]
     anchors: list[int] = []
     steps: list[int] = []

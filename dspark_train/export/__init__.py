@@ -4,9 +4,9 @@
 runnable draft (what `dspark eval --draft` scores).
 """
 
+from dspark_train.export.checkpoint_reader import TrainedDraft, find_checkpoint, read_checkpoint
 from dspark_train.export.exporter import export_draft, verifier_name_or_path
 from dspark_train.export.load import LoadedDraft, draft_config_from_export, load_export
-from dspark_train.export.source import TrainedDraft, find_checkpoint, read_checkpoint
 from dspark_train.export.speculators_config import build_config
 
 __all__ = [

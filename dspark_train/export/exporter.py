@@ -25,9 +25,10 @@ from dspark_data.atomic_dir import publish_dir, recover_dir
 from dspark_data.targets import load_target_info, resolve_target
 from dspark_data.targets.weights import load_target_head
 from dspark_train.export.card import render_card
-from dspark_train.export.source import TrainedDraft, read_checkpoint
+from dspark_train.export.checkpoint_reader import TrainedDraft, read_checkpoint
 from dspark_train.export.speculators_config import ExportFormat, build_config
 from dspark_train.export.weights import cast_for_export, check_shapes, select_draft_tensors
+from dspark_train.logging_utils import summary_key
 from schemas import fingerprint
 
 PROVENANCE = "dspark_export.json"
@@ -155,7 +156,7 @@ def export_draft(
         "fingerprint": fp,
     }
     if "accepted_length" in val:
-        summary["val_mean_accepted_length"] = val["accepted_length"]
+        summary[summary_key("val_", "accepted_length")] = val["accepted_length"]
     files = {
         "config.json": (json.dumps(config_json, indent=2) + "\n").encode(),
         "README.md": card.encode(),

@@ -51,7 +51,7 @@ def build_config(
     num_speculative_tokens: int,
     verifier_name_or_path: str,
     verifier_architectures: list[str],
-    dtype: str = "bfloat16",
+    dtype: str,
     verifier_revision: str | None = None,
 ) -> dict[str, Any]:
     """The full config.json for `fmt`; `aux_layer_ids` in vLLM's convention (id k = input of layer k).

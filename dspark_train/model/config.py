@@ -13,11 +13,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from schemas.recipe import ModelConfig
+
 # RoPE variants whose frequencies our draft computes exactly as vLLM's `get_rope` does. Anything else in
 # the target's config (yarn, dynamic, longrope...) falls back to plain RoPE with the target's theta: the
 # draft is trained from scratch, so what matters is that training and serving use the same rotation,
 # and export writes the variant we actually used.
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+_MODEL = ModelConfig()  # the recipe's model defaults: a DraftConfig built by hand gets the same ones
 
 
 class TargetInfoLike(Protocol):
@@ -57,13 +60,13 @@ class DraftConfig:
     rope_theta: float = 1_000_000.0  # target's base (vLLM's DFlash default 1e6 when the target has none)
     rope_scaling: dict[str, Any] | None = None  # supported variant params (rope_type + its keys) or None
     max_position_embeddings: int = 131072  # vLLM builds the RoPE cache this long; no effect on training
-    activation: Literal["silu", "gelu"] = "silu"  # vLLM's Qwen3 draft MLP serves silu only
+    activation: Literal["silu", "gelu"] = _MODEL.activation  # vLLM's Qwen3 draft MLP serves silu only
     # --- DSpark ---
-    block_size: int = 8  # tokens per block: the anchor plus block_size-1 mask slots
-    markov_rank: int = 256  # rank of the bigram logit bias W2(W1[x_{k-1}]); 0 disables the head
-    enable_confidence_head: bool = True  # per-slot acceptance predictor c_k
-    confidence_head_with_markov: bool = True  # c_k also reads W1[x_{k-1}] (needs markov_rank > 0)
-    sample_from_anchor: bool = False  # True: the anchor slot predicts too (block_size drafts)
+    block_size: int = _MODEL.block_size  # tokens per block: the anchor plus block_size-1 mask slots
+    markov_rank: int = _MODEL.markov_rank  # rank of the bigram logit bias W2(W1[x_{k-1}]); 0 disables the head
+    enable_confidence_head: bool = _MODEL.enable_confidence_head  # per-slot acceptance predictor c_k
+    confidence_head_with_markov: bool = _MODEL.confidence_head_with_markov  # c_k reads W1[x_{k-1}] (markov_rank>0)
+    sample_from_anchor: bool = _MODEL.sample_from_anchor  # True: the anchor slot predicts too (block_size drafts)
     notes: list[str] = field(default_factory=list)  # resolution decisions worth showing (e.g. RoPE fallback)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="package")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-sample hidden-state dataset; tests copy it before damaging it (the security tests)."""
+    return write_hidden(tmp_path_factory.mktemp("security") / "ds", 6)
+
+
+@pytest.fixture(scope="package")
 def vllm_server(tiny_random_target: str, tmp_path_factory: pytest.TempPathFactory):
     """`python -m vllm.entrypoints.openai.api_server` on tiny:random, 127.0.0.1; yields its base URL.
 

@@ -9,13 +9,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+from regen_schema import REGEN_SCHEMA
 
 from dspark_data.store import HiddenStateWriter, ShardWriter
 
-REGEN_SCHEMA = pa.schema(
-    [("id", pa.string()), ("input_ids", pa.list_(pa.int64())), ("loss_mask", pa.list_(pa.bool_()))]
-)
 AUX = [1, 3, 5]
 LAYERS = [*AUX, 6]  # tiny:random has 6 layers: aux ids + the last layer id N
 HIDDEN = 128

@@ -40,7 +40,7 @@ PRELOAD = [
     "dspark_data.regen.backends.openai",
     "dspark_data.capture",
     "dspark_data.capture.hf_backend",
-    "dspark_train.train",
+    "dspark_train.entrypoint",
     "dspark_train.trainer",
 ]
 

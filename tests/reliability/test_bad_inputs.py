@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from regen_schema import REGEN_SCHEMA
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from cli.main import app
 from dspark_data.store import ShardWriter, open_dataset, verify
 from reliability.data import (
-    REGEN_SCHEMA,
     dump_sets,
     regen_sets,
     train_sets,
@@ -219,7 +219,7 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 def _run(case: Case, argv: list[str]) -> tuple[int, str]:
     if case.runner == "dspark_train":
-        from dspark_train.train import main
+        from dspark_train.entrypoint import main
 
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

@@ -66,25 +66,35 @@ def _assert_stopped_cleanly(code: int, out_text: str, directory: Path) -> None:
     assert "Traceback" not in out_text and "exception:" not in out_text, out_text
 
 
-def test_dump_hidden_disk_full_then_resume(tiny_random_target: str, regen_data: Path, tmp_path: Path) -> None:
-    argv = lambda out: with_sets(  # noqa: E731
-        "dump-hidden", dump_sets(tiny_random_target), "--data", str(regen_data), "--out", str(out)
-    )
+@contextmanager
+def _filled_then_resumed(argv, tmp_path: Path, name: str, slack: int) -> Iterator[tuple[Path, Path, int]]:
+    """The store stages' campaign: a reference run; the same run on a tmpfs whose ballast leaves room for
+    about half its output (it must stop cleanly, what it committed verifying); the ballast deleted and the
+    run resumed to a clean, complete dataset. Yields (reference, resumed output, samples committed before
+    the disk filled) while the tmpfs is still mounted."""
     ref = tmp_path / "reference"
     assert _cli(argv(ref))[0] == 0
     need = _size(ref)
-    with tmpfs(tmp_path / "fs", need + (1 << 20)) as fs:
-        ballast = _ballast(fs / "ballast", (1 << 20) + need // 2)
-        out = fs / "hidden"
+    with tmpfs(tmp_path / "fs", need + slack) as fs:
+        ballast = _ballast(fs / "ballast", slack + need // 2)
+        out = fs / name
         code, text = _cli(argv(out))
         _assert_stopped_cleanly(code, text, out)
         report = verify(out)
         assert report.ok and not report.complete, [str(i) for i in report.issues]
         committed = len(open_dataset(out))
-        assert 0 < committed < 16, committed
         ballast.unlink()
         assert _cli(argv(out))[0] == 0
         harness.verify_clean(out)
+        yield ref, out, committed
+
+
+def test_dump_hidden_disk_full_then_resume(tiny_random_target: str, regen_data: Path, tmp_path: Path) -> None:
+    argv = lambda out: with_sets(  # noqa: E731
+        "dump-hidden", dump_sets(tiny_random_target), "--data", str(regen_data), "--out", str(out)
+    )
+    with _filled_then_resumed(argv, tmp_path, "hidden", 1 << 20) as (ref, out, committed):
+        assert 0 < committed < 16, committed
         a, b = open_hidden(ref), open_hidden(out)
         assert a.ids == b.ids
         for i in range(len(a)):
@@ -98,19 +108,7 @@ def test_regen_disk_full_then_resume(tiny_random_target, prompts_file, vllm_serv
     argv = lambda out: with_sets(  # noqa: E731
         "regen", regen_sets(tiny_random_target, prompts_file, vllm_server), "--out", str(out), "--no-progress"
     )
-    ref = tmp_path / "reference"
-    assert _cli(argv(ref))[0] == 0
-    need = _size(ref)
-    with tmpfs(tmp_path / "fs", need + (256 << 10)) as fs:
-        ballast = _ballast(fs / "ballast", (256 << 10) + need // 2)
-        out = fs / "regen"
-        code, text = _cli(argv(out))
-        _assert_stopped_cleanly(code, text, out)
-        report = verify(out)
-        assert report.ok and not report.complete, [str(i) for i in report.issues]
-        ballast.unlink()
-        assert _cli(argv(out))[0] == 0
-        harness.verify_clean(out)
+    with _filled_then_resumed(argv, tmp_path, "regen", 256 << 10) as (ref, out, _):
         a, b = open_dataset(ref), open_dataset(out)
         assert a.ids == b.ids and all(a.row(i) == b.row(i) for i in range(len(a)))
 

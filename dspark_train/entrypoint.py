@@ -27,7 +27,8 @@ from dspark_train.data.stream_source import StreamError, stream_overrides
 from dspark_train.flags import parser
 from dspark_train.parallelize import destroy_distributed
 from dspark_train.resume import RunConflict
-from dspark_train.trainer import Trainer, TrainOptions
+from dspark_train.run_plan import plan_run
+from dspark_train.trainer import Trainer, TrainOptions, cached_summary
 from dspark_train.warm_start import InitFromError
 from schemas.loading import RecipeError, load_recipe
 from schemas.recipe import Recipe
@@ -76,7 +77,10 @@ def run(recipe: Recipe, opts: TrainOptions) -> dict[str, Any]:
     try:
         # SIGTERM from here on (setup included) is a request: finish the step, checkpoint, exit (preempt.py).
         with GracefulStop("dspark train", grace_s=recipe.train.preempt_grace_s or None) as stop:
-            return Trainer(recipe, opts, stop=stop).train()
+            run_plan = plan_run(recipe, opts)
+            if run_plan.cached:
+                return cached_summary(run_plan, opts.out_dir)
+            return Trainer(recipe, opts, stop=stop, run=run_plan).train()
     finally:
         torch.use_deterministic_algorithms(deterministic)
         destroy_distributed()

@@ -3,7 +3,7 @@ their cached builds.
 
 No model hub is reachable here, so every pipeline test and the embedded demo run against a target built
 locally in seconds (random) or a few minutes (trained). Each build is keyed by its full spec (see
-`dspark_data.targets.cache`), so two machines with the same code and Python build the same bytes, and a
+`dspark_data.targets.tiny.build_cache`), so two machines with the same code and Python build the same bytes, and a
 change to any size, seed or recipe gets a fresh directory.
 """
 
@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dspark_data.targets.cache import cached_build, read_build_record
-from dspark_data.targets.corpus import python_tag
-from dspark_data.targets.models import ARCH_PRESETS, init_model, make_config, save_target
-from dspark_data.targets.tokenizer import TOKENIZER_DEFAULTS, save_tokenizer, train_tokenizer
+from dspark_data.targets.tiny.architectures import ARCH_PRESETS, init_model, make_config, save_target
+from dspark_data.targets.tiny.build_cache import cached_build, read_build_record
+from dspark_data.targets.tiny.stdlib_corpus import python_tag
+from dspark_data.targets.tiny.tokenizer import TOKENIZER_DEFAULTS, save_tokenizer, train_tokenizer
 
 # Bump when a builder changes in a way that changes its output: every cache key changes with it.
 BUILD_VERSION = 2
@@ -25,7 +25,7 @@ BUILD_VERSION = 2
 # The target's default sampling (generation_config.json): what "the target's default sampling" means.
 DEFAULT_SAMPLING = {"temperature": 0.8, "top_p": 0.95}
 
-# Training recipe of tiny:trained (see dspark_data.targets.train); sized for ~3-4 minutes on 2 cores.
+# Training recipe of tiny:trained (see dspark_data.targets.tiny.pretrain); sized for ~3-4 minutes on 2 cores.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 1234,
     "steps": 240,
@@ -101,7 +101,7 @@ def build_tiny(flavour: str) -> Path:
         model = init_model(config, spec["init_seed"])
         facts: dict[str, Any] = {}
         if "train" in spec:
-            from dspark_data.targets.train import train_tiny
+            from dspark_data.targets.tiny.pretrain import train_tiny
 
             start = time.monotonic()
             facts["train"] = train_tiny(model, tokenizer, spec["train"])
@@ -115,6 +115,6 @@ def build_tiny(flavour: str) -> Path:
 
 def tiny_build_record(flavour: str) -> dict[str, Any] | None:
     """The `build.json` of a built tiny target (spec, build time, loss curve), or None if not built."""
-    from dspark_data.targets.cache import entry_dir
+    from dspark_data.targets.tiny.build_cache import entry_dir
 
     return read_build_record(entry_dir(f"tiny-{flavour}", tiny_spec(flavour)))

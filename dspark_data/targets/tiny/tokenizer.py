@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from dspark_data.targets.chat_template import CHAT_TEMPLATE, EOS, MASK, SPECIAL_TOKENS
-from dspark_data.targets.corpus import iter_stdlib_text
+from dspark_data.targets.tiny.chat_template import CHAT_TEMPLATE, EOS, MASK, SPECIAL_TOKENS
+from dspark_data.targets.tiny.stdlib_corpus import iter_stdlib_text
 
 TOKENIZER_DEFAULTS = {"vocab_size": 2048, "corpus_bytes": 4_000_000, "min_frequency": 2}
 

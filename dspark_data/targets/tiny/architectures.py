@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dspark_data.targets.chat_template import EOS, GMASK, MASK, USER
+from dspark_data.targets.tiny.chat_template import EOS, GMASK, MASK, USER
 
 # Architecture presets; values are the build spec, so changing one changes the cache key.
 LLAMA_TINY: dict[str, Any] = {

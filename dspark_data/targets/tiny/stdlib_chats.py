@@ -14,7 +14,7 @@ import random
 from typing import Any
 
 from dspark_data.seeding import derive_seed
-from dspark_data.targets.corpus import FunctionDoc
+from dspark_data.targets.tiny.stdlib_corpus import FunctionDoc
 
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",

@@ -4,7 +4,7 @@ No hub or internet is reachable, so the tiny target's tokenizer and weights lear
 machine already has. The file list is sorted and capped in bytes so a build reads the same text in the
 same order every time (on the same Python minor version, which is why build specs record it).
 Functions with docstrings are extracted with `ast` to build chat conversations
-(`dspark_data.targets.conversations`).
+(`dspark_data.targets.tiny.stdlib_chats`).
 """
 
 from __future__ import annotations

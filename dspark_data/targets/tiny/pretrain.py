@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from dspark_data.progress import Progress
-from dspark_data.targets.conversations import conversations
-from dspark_data.targets.corpus import iter_stdlib_text, stdlib_functions
+from dspark_data.targets.tiny.stdlib_chats import conversations
+from dspark_data.targets.tiny.stdlib_corpus import iter_stdlib_text, stdlib_functions
 
 logger = logging.getLogger(__name__)
 
