@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dspark_data.store.files import atomic_write_bytes
+from dspark_data.atomic import atomic_write_bytes
 from schemas.loading import load_recipe
 
 MARKOV_OFF = ["model.markov_rank=0", "model.confidence_head_with_markov=false"]

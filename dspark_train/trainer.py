@@ -23,9 +23,9 @@ import torch
 from rich.markup import escape
 from torch import nn
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.seeding import derive_seed
 from dspark_data.shutdown import GracefulStop
-from dspark_data.store.files import atomic_write_bytes
 from dspark_data.targets.weights import TargetHead, target_probs_and_greedy
 from dspark_train.checkpoint import Checkpointer
 from dspark_train.data import Batch, LoaderConfig, TrainLoader, anchor_span, eval_loader, split_indices

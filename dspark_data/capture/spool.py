@@ -26,6 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dspark_data.atomic import atomic_write
+
 SPOOL_FORMAT = "dspark-spool-1"
 SPOOL_PREFIX = "dspark-spool-"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -80,17 +82,12 @@ def _alive(pid: int) -> bool:
 
 
 def write_record(path: Path, hidden: torch.Tensor, token_ids: torch.Tensor, layer_ids: tuple[int, ...]) -> None:
-    """Write atomically: a reader sees either no file or the whole file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write atomically: a reader sees either no file or the whole file (not durable: the spool dies with the run)."""
     try:
-        save_file(
-            {"hidden_states": hidden.contiguous(), "token_ids": token_ids.to(torch.int64).contiguous()},
-            str(tmp),
-            metadata={"format": SPOOL_FORMAT, "layer_ids": json.dumps(list(layer_ids))},
-        )
-        os.replace(tmp, path)
+        tensors = {"hidden_states": hidden.contiguous(), "token_ids": token_ids.to(torch.int64).contiguous()}
+        metadata = {"format": SPOOL_FORMAT, "layer_ids": json.dumps(list(layer_ids))}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), durable=False)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         write_error(path, f"{type(exc).__name__}: {exc}")
         raise
 
@@ -98,9 +95,7 @@ def write_record(path: Path, hidden: torch.Tensor, token_ids: torch.Tensor, laye
 def write_error(path: Path, message: str) -> None:
     """Record that the request's states will not come, and why."""
     err = path.with_name(path.name + ".err")
-    tmp = err.with_name(f".{err.name}.tmp")
-    tmp.write_text(json.dumps({"error": message}))
-    os.replace(tmp, err)
+    atomic_write(err, lambda tmp: tmp.write_text(json.dumps({"error": message})), durable=False)
 
 
 def read_record(path: Path) -> SpoolRecord:

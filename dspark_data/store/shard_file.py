@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dspark_data.store.files import TMP_PREFIX, HashingSink, fsync_file, index_name, publish, shard_name
+from dspark_data.atomic import TMP_PREFIX, fsync_file, publish_file
+from dspark_data.store.files import HashingSink, index_name, shard_name
 from schemas.store import ShardEntry
 
 INDEX_SCHEMA = pa.schema(
@@ -62,7 +63,7 @@ class ShardFileWriter:
         shard_sha256 = self.sink.file_hexdigest()
         self.index["sha256"] = [digest.result() for digest in self.index["sha256"]]
         final = self.directory / shard_name(self.n)
-        publish(self.tmp, final)
+        publish_file(self.tmp, final)
         index_tmp = self.directory / f"{TMP_PREFIX}{index_name(self.n)}"
         with open(index_tmp, "wb") as f:
             sink = HashingSink(f)
@@ -70,7 +71,7 @@ class ShardFileWriter:
                 w.write_batch(pa.record_batch(self.index, schema=INDEX_SCHEMA))
             fsync_file(f)
         index_sha256 = sink.file_hexdigest()
-        publish(index_tmp, self.directory / index_name(self.n))
+        publish_file(index_tmp, self.directory / index_name(self.n))
         ids = self.index["id"]
         return ShardEntry(
             file=final.name,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_train.data.checks import DataMismatch
 
 RECORD_NAME = "data-verified.json"
@@ -140,9 +141,7 @@ def _remember(record: Path, directory: Path, state: dict[str, Any]) -> None:
         known = {}
     known[str(directory.resolve())] = state
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1))
-    os.replace(tmp, record)
+    atomic_write_bytes(record, json.dumps(known, indent=1).encode())
 
 
 def _ids_by_shard(directory: Path) -> dict[int, list[str]]:

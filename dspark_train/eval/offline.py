@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.seeding import derive_seed
-from dspark_data.store.files import atomic_write_bytes
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
 from dspark_train.eval.consistency import consistency_for_set
 from dspark_train.eval.prompts import load_prompt_set

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dspark_data.atomic_dir import publish_dir, recover_dir
+from dspark_data.atomic import publish_dir, recover_dir, temp_sibling
 from dspark_data.targets import load_target_info, resolve_target
 from dspark_data.targets.weights import load_target_head
 from dspark_train.export.card import render_card
@@ -58,7 +58,7 @@ def _write_dir(out: Path, files: dict[str, bytes], tensors: dict[str, torch.Tens
     """Write everything into `.tmp-<name>` beside `out`, then publish it whole (old or new, never neither)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}"
+    tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
