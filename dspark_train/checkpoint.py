@@ -7,7 +7,7 @@ Layout of `<train dir>/checkpoints/step-000100/`:
 - `optimizer.json`         param groups (hyper-parameters, parameter names): the scalars
 - `rng-rank00000.safetensors`  per-rank torch RNG states (CPU, and CUDA when present)
 - `state.json`             step, world size, loader and lr-schedule state, counters, fingerprints,
-                           the draft architecture
+                           the draft architecture (`schemas.training.CheckpointState`)
 - `recipe.json`            the resolved recipe the run was started with
 
 Atomicity: everything is written into `.tmp-step-000100/`, fsynced, then published under its final name
@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dspark_data.atomic import atomic_write_bytes, backup_path, fsync_path, publish_dir, recover_dir, temp_sibling
+from schemas.training import STATE_NAME, CheckpointState
 
 LATEST = "latest"
 
@@ -135,13 +136,13 @@ class Checkpointer:
         path = self.dir / name
         if self.rank == 0:
             recover_dir(path)  # a re-save of this step killed between its renames: the old one comes back
-        elif not (path / "state.json").is_file() and (backup_path(path) / "state.json").is_file():
+        elif not (path / STATE_NAME).is_file() and (backup_path(path) / STATE_NAME).is_file():
             path = backup_path(path)  # the same, read-only, while rank 0 renames it back
-        return path if (path / "state.json").is_file() else None
+        return path if (path / STATE_NAME).is_file() else None
 
     @staticmethod
     def read_state(path: Path) -> dict[str, Any]:
-        return json.loads((path / "state.json").read_text())
+        return json.loads((path / STATE_NAME).read_text())
 
     @staticmethod
     def read_recipe(path: Path) -> dict[str, Any]:
@@ -201,7 +202,9 @@ class Checkpointer:
             _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             _write_json(tmp / "optimizer.json", opt_meta)
             _write_json(tmp / "recipe.json", recipe)
-            _write_json(tmp / "state.json", {**state, "step": step, "world_size": self.world_size})
+            doc = {**state, "step": step, "world_size": self.world_size}
+            CheckpointState.model_validate(doc)  # the format is schemas.training's; the file holds the dict
+            _write_json(tmp / STATE_NAME, doc)
         _barrier()
         if self.rank == 0:
             publish_dir(tmp, final)  # the same step saved again (a resumed run's final save) replaces it whole

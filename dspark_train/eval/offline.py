@@ -35,6 +35,7 @@ from dspark_train.eval.speculative import Calibration, SamplingParams, speculate
 from dspark_train.eval.target import HfTarget
 from dspark_train.export.load import LoadedDraft, load_export
 from schemas import fingerprint
+from schemas.draft import PROVENANCE_NAME
 
 MODES = {
     "greedy": SamplingParams(temperature=0.0),
@@ -194,7 +195,7 @@ def _evaluate_with(
 
 def _trainer_validation(draft_dir: Path) -> dict[str, Any] | None:
     """The run's own validation figures, as the export recorded them (None for a foreign export)."""
-    provenance = draft_dir / "dspark_export.json"
+    provenance = draft_dir / PROVENANCE_NAME
     return json.loads(provenance.read_text()).get("validation") if provenance.is_file() else None
 
 
