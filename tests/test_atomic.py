@@ -126,3 +126,21 @@ def test_checkpoint_latest_survives_a_resave_killed_between_renames(tmp_path) ->
     assert Checkpointer(tmp_path / "train", rank=1, world_size=2).latest() == step
     assert Checkpointer(tmp_path / "train").latest() == ckpts / "step-000002"
     assert not step.exists() and find_checkpoint(tmp_path / "train") == ckpts / "step-000002"
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_atomic_write_replaces_whole_and_cleans_up_a_failed_write(tmp_path, durable) -> None:
+    """A file is replaced in one rename; a writer that fails leaves the old file and no temp file behind."""
+    target = tmp_path / "record.json"
+    atomic.atomic_write_bytes(target, b"old")
+    atomic.atomic_write(target, lambda tmp: tmp.write_bytes(b"new"), durable=durable)
+    assert target.read_bytes() == b"new"
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic.atomic_write(target, failing, durable=durable)
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
