@@ -36,6 +36,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dspark_data.atomic import atomic_write_bytes  # noqa: E402
 from dspark_data.store import codecs, open_hidden  # noqa: E402
 from dspark_data.store.codecs import decode_deferred  # noqa: E402
 from dspark_data.store.trial import one_torch_thread, trial_codecs  # noqa: E402
@@ -179,7 +180,7 @@ def main() -> int:
     if not args.no_glm:
         report["glm"] = bench_glm(names)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=str))
+        atomic_write_bytes(args.json, json.dumps(report, indent=1, default=str).encode())
     return 0
 
 

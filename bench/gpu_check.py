@@ -426,7 +426,9 @@ def main() -> int:
         print(f"[gpu_check] {name}: {r['status']} ({r['seconds']} s)", file=sys.stderr, flush=True)
     print_table(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        from dspark_data.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode())
     return 1 if any(r["status"] == "FAIL" for r in results.values()) else 0
 
 

@@ -126,7 +126,9 @@ def main() -> None:
     print(f"dspark regen    : {r_tokens} tokens in {r_time:.2f} s = {r_rate:.1f} generated tok/s")
     print(f"ratio regen/direct = {r_rate / d_rate:.3f} (goal >= 0.9); same tokens: {d_tokens == r_tokens}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        from dspark_data.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dspark_data.atomic import atomic_write_bytes  # noqa: E402
 from dspark_data.store import HiddenStateWriter, open_hidden  # noqa: E402
 from dspark_data.store.codecs import decode, encode  # noqa: E402
 from dspark_data.store.trial import one_torch_thread  # noqa: E402
@@ -317,7 +318,7 @@ def main() -> None:
             report["tiny"] = {"target": desc, "codecs": bench_codecs(f"tiny {desc}", real),
                               "layouts": bench_dataset(f"tiny {desc}", real, args.repeats)}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        atomic_write_bytes(args.json, json.dumps(report, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dspark_data.atomic import atomic_write_bytes  # noqa: E402
 from dspark_data.store import HiddenStateWriter  # noqa: E402
 from dspark_data.vocab import build_vocab  # noqa: E402
 from dspark_train.data import SyntheticHiddenSource  # noqa: E402
@@ -95,7 +96,7 @@ def main() -> None:
     goal = rows["default loader"]["data_wait_frac"] < 0.05
     console.print(f"goal data wait < 5% with default settings: {'met' if goal else 'NOT met'}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_bytes(args.json, (json.dumps(rows, indent=2) + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from cli.common import RecipeOpt, SetOpt, console, fail, resolve_recipe
+from dspark_data.atomic import atomic_write_bytes
 from schemas.loading import DEFAULT_RECIPE
 
 
@@ -88,7 +89,7 @@ def codecs_(
             out.append(row)
         console.print(table)
         if json_out:
-            json_out.write_text(json.dumps(out, indent=1))
+            atomic_write_bytes(json_out, json.dumps(out, indent=1).encode())
     finally:
         if work is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from dspark_data.store.files import atomic_write_bytes
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.store.manifest import StoreError, utc_now
 from dspark_data.store.parts import open_any
 from schemas.base import fingerprint as fingerprint_of

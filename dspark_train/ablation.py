@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dspark_data.store.files import atomic_write_bytes
+from dspark_data.atomic import atomic_write_bytes
 from dspark_train.logging_utils import summary_figures
 from schemas.loading import DEFAULT_RECIPE, load_recipe
 

@@ -7,11 +7,11 @@ Layout of `<train dir>/checkpoints/step-000100/`:
 - `optimizer.json`         param groups (hyper-parameters, parameter names): the scalars
 - `rng-rank00000.safetensors`  per-rank torch RNG states (CPU, and CUDA when present)
 - `state.json`             step, world size, loader and lr-schedule state, counters, fingerprints,
-                           the draft architecture
+                           the draft architecture (`schemas.training.CheckpointState`)
 - `recipe.json`            the resolved recipe the run was started with
 
 Atomicity: everything is written into `.tmp-step-000100/`, fsynced, then published under its final name
-(`dspark_data.atomic_dir.publish_dir`: a re-saved step is swapped whole, never deleted first); the
+(`dspark_data.atomic.publish_dir`: a re-saved step is swapped whole, never deleted first); the
 `latest` pointer file (the step directory's name) is replaced last. A run killed at any instant leaves
 either the previous `latest` or the new one, never a half-written checkpoint that `latest` names. Only
 safetensors and JSON are written, and nothing is unpickled on load.
@@ -24,11 +24,11 @@ checkpoint directory must be on storage all ranks see).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,10 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dspark_data.atomic_dir import backup_path, publish_dir, recover_dir
-from dspark_data.store.files import atomic_write_bytes
+from dspark_data.atomic import atomic_write_bytes, backup_path, fsync_path, publish_dir, recover_dir, temp_sibling
+from schemas.training import STATE_NAME, CheckpointState
 
 LATEST = "latest"
-_TMP = ".tmp-"
 
 
 class CheckpointWriteError(RuntimeError):
@@ -67,8 +66,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    fsync_path(path)
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -138,19 +136,30 @@ class Checkpointer:
         path = self.dir / name
         if self.rank == 0:
             recover_dir(path)  # a re-save of this step killed between its renames: the old one comes back
-        elif not (path / "state.json").is_file() and (backup_path(path) / "state.json").is_file():
+        elif not (path / STATE_NAME).is_file() and (backup_path(path) / STATE_NAME).is_file():
             path = backup_path(path)  # the same, read-only, while rank 0 renames it back
-        return path if (path / "state.json").is_file() else None
+        return path if (path / STATE_NAME).is_file() else None
 
     @staticmethod
     def read_state(path: Path) -> dict[str, Any]:
-        return json.loads((path / "state.json").read_text())
+        return json.loads((path / STATE_NAME).read_text())
 
     @staticmethod
     def read_recipe(path: Path) -> dict[str, Any]:
         return json.loads((path / "recipe.json").read_text())
 
     # --- save ---
+    @contextlib.contextmanager
+    def _write_errors(self, step: int) -> Iterator[None]:
+        """A failed write (disk full, I/O error) becomes CheckpointWriteError naming the directory."""
+        try:
+            yield
+        except (OSError, SafetensorError) as exc:
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {temp_sibling(self.dir / step_name(step))}: {exc}; the previous checkpoint "
+                f"({self.latest() or 'none'}) is intact: free space, then rerun the same command to resume"
+            ) from exc
+
     def save(
         self,
         step: int,
@@ -165,23 +174,11 @@ class Checkpointer:
         A failed write (disk full, I/O error) raises CheckpointWriteError naming the directory; `latest` still
         names the previous checkpoint, so a rerun of the same command resumes from there.
         """
-        try:
-            return self._save(step, model=model, optimizer=optimizer, state=state, recipe=recipe)
-        except (OSError, SafetensorError) as exc:
-            raise CheckpointWriteError(
-                f"cannot write checkpoint {self.dir / (_TMP + step_name(step))}: {exc}; the previous checkpoint "
-                f"({self.latest() or 'none'}) is intact: free space, then rerun the same command to resume"
-            ) from exc
+        with self._write_errors(step):
+            return self._write(step, model, optimizer, state, recipe)
 
-    def _save(
-        self,
-        step: int,
-        *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        state: dict[str, Any],
-        recipe: dict[str, Any],
-    ) -> Path:
+    def _write(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+               recipe: dict[str, Any]) -> Path:
         from torch.distributed.checkpoint.state_dict import (  # 2 s to import: only when saving
             StateDictOptions,
             get_model_state_dict,
@@ -192,7 +189,7 @@ class Checkpointer:
         weights = get_model_state_dict(model, options=options)  # collective under FSDP
         osd = get_optimizer_state_dict(model, optimizer, options=options)
         final = self.dir / step_name(step)
-        tmp = self.dir / f"{_TMP}{step_name(step)}"
+        tmp = temp_sibling(final)
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # a previous attempt killed mid-write
@@ -205,7 +202,9 @@ class Checkpointer:
             _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
             _write_json(tmp / "optimizer.json", opt_meta)
             _write_json(tmp / "recipe.json", recipe)
-            _write_json(tmp / "state.json", {**state, "step": step, "world_size": self.world_size})
+            doc = {**state, "step": step, "world_size": self.world_size}
+            CheckpointState.model_validate(doc)  # the format is schemas.training's; the file holds the dict
+            _write_json(tmp / STATE_NAME, doc)
         _barrier()
         if self.rank == 0:
             publish_dir(tmp, final)  # the same step saved again (a resumed run's final save) replaces it whole

@@ -37,6 +37,7 @@ def eval_one(train_dir: Path, out_dir: Path, *, prompt_sets: Sequence[str], num_
     decode the same way for every run, so only the draft differs)."""
     import json
 
+    from dspark_data.atomic import atomic_write_bytes
     from dspark_train.eval.offline import EvalOptions, run_offline_eval
     from dspark_train.export import export_draft
 
@@ -52,7 +53,7 @@ def eval_one(train_dir: Path, out_dir: Path, *, prompt_sets: Sequence[str], num_
                                                prompt_sets=list(prompt_sets), modes=["greedy"],
                                                num_prompts=num_prompts, max_new_tokens=max_new_tokens,
                                                num_threads=1))
-        done.write_text(json.dumps(settings))
+        atomic_write_bytes(done, json.dumps(settings).encode())
     got = {k: float(v) for k, v in summary.items() if k.endswith("_greedy_avg_length")}
     got["eval_avg_length"] = sum(got.values()) / max(len(got), 1)
     return got

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.progress import Progress
 
 
@@ -113,9 +113,7 @@ class TrainLogger:
                 continue
             if isinstance(record, dict) and record.get("step", 0) <= step:
                 keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(line + "\n" for line in keep).encode())
 
     def _write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:

@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dspark_data.store.files import atomic_write_bytes  # noqa: E402
+from dspark_data.atomic import atomic_write_bytes  # noqa: E402
 
 LOSS_TERMS = ("ce", "tv", "kl", "confidence")  # trainer's per-term figures in metrics.jsonl
 VAL_KEYS = ("accepted_length", "full_accuracy", "acceptance_rate", "confidence_abs_error")

@@ -23,8 +23,8 @@ import torch
 from rich.markup import escape
 from torch import nn
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.shutdown import GracefulStop
-from dspark_data.store.files import atomic_write_bytes
 from dspark_data.targets.weights import TargetHead, draft_vocab_probs_and_greedy
 from dspark_train.data import Batch, eval_loader
 from dspark_train.inputs import load_head

@@ -1,7 +1,8 @@
 """Write the JSON Schema of every published model into `schemas/json/` (`python -m schemas.export`).
 
 The JSON files are what non-Python consumers read; `tests/test_schemas.py` fails when a model changes
-without the files being regenerated, so the two can never drift apart.
+without the files being regenerated, so the two can never drift apart. The Arrow layouts (pyarrow
+schemas, which JSON Schema cannot express) are pinned the same way, as pyarrow's own text rendering.
 """
 
 from __future__ import annotations
@@ -19,6 +20,21 @@ PUBLISHED: dict[str, str] = {
     "vocab-manifest": "schemas.store:VocabManifest",
     "regen-record": "schemas.regen:RegenRecord",
     "regen-summary": "schemas.regen:RegenSummary",
+    "checkpoint-state": "schemas.training:CheckpointState",
+    "data-verified": "schemas.training:DataVerified",
+    "draft-export": "schemas.draft:ExportProvenance",
+}
+# Published but unversioned, and why (tests/test_schemas.py checks every other model has schema_version).
+UNVERSIONED: dict[str, str] = {
+    "data-verified": "a cache keyed by dataset path: a record this code cannot read is dropped and re-checked",
+}
+
+# name -> "module:CONSTANT": the Arrow schemas of our files, pinned as `<name>.arrow.txt`.
+ARROW_PUBLISHED: dict[str, str] = {
+    "regen-record": "schemas.regen:REGEN_ARROW_SCHEMA",
+    "hidden-record": "schemas.store:HIDDEN_ARROW_SCHEMA",
+    "hidden-record-topk": "schemas.store:HIDDEN_TOPK_ARROW_SCHEMA",
+    "shard-index": "schemas.store:INDEX_ARROW_SCHEMA",
 }
 
 
@@ -32,11 +48,21 @@ def render(ref: str) -> str:
     return json.dumps(load_model(ref).model_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
+def render_arrow(ref: str) -> str:
+    """The text of one Arrow schema: a line per field (name, full type, nullability), then the metadata."""
+    schema = load_model(ref)
+    lines = [f"{f.name}: {f.type}{'' if f.nullable else ' not null'}" for f in schema]
+    lines += [f"metadata {k.decode()}: {v.decode()}" for k, v in sorted((schema.metadata or {}).items())]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     JSON_DIR.mkdir(exist_ok=True)
-    for name, ref in PUBLISHED.items():
-        (JSON_DIR / f"{name}.schema.json").write_text(render(ref))
-        print(f"wrote {JSON_DIR / f'{name}.schema.json'}")
+    outputs = {f"{name}.schema.json": render(ref) for name, ref in PUBLISHED.items()}
+    outputs |= {f"{name}.arrow.txt": render_arrow(ref) for name, ref in ARROW_PUBLISHED.items()}
+    for file, text in outputs.items():
+        (JSON_DIR / file).write_text(text)
+        print(f"wrote {JSON_DIR / file}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ HiddenCodec = Literal[
     "raw", "zstd-split", "fp8", "int6-g32", "int5-g32", "int4-g32", "int4-g64", "int3-g32",
     "int6-g32-delta", "int5-g32-delta", "int4-g32-delta",
 ]
+# Float dtypes a recipe or flag may name (target compute, export); dspark_train/dtypes.py maps them to torch.
+FloatDtype = Literal["bfloat16", "float16", "float32"]
 
 class TargetConfig(StrictModel):
     model: str = Field(
@@ -48,7 +50,7 @@ class TargetConfig(StrictModel):
     enable_expert_parallel: bool = Field(
         False, description="vLLM expert parallel: MoE experts spread over tensor x data parallel ranks."
     )
-    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Target compute dtype.")
+    dtype: FloatDtype = Field("bfloat16", description="Target compute dtype.")
     max_model_len: int | None = Field(
         None,
         ge=16,

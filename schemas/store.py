@@ -4,14 +4,17 @@ The manifest (`manifest.json`) is the commit point of a dataset directory: a sha
 only once the manifest names it, with the sha256 of its bytes. Everything a reader needs to trust a
 directory is here: which producer settings made it (fingerprint), which files hold which samples,
 and the checksums to verify them. The per-sample index (id -> batch, byte range, checksum) lives in
-one small Arrow file per shard, named by its shard entry, so the manifest stays small and is
-rewritten in O(shards) at each commit. See `docs/formats/store.md`.
+one small Arrow file per shard (`INDEX_ARROW_SCHEMA`), named by its shard entry, so the manifest stays
+small and is rewritten in O(shards) at each commit. The row layout of hidden-state datasets
+(`HIDDEN_ARROW_SCHEMA`) is here too: the store writes it, the trainer reads it, and the streaming wire
+sends it unchanged. See `docs/formats/store.md` and `docs/formats/hidden-states.md`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+import pyarrow as pa
 from pydantic import Field, field_validator
 
 from schemas.base import StrictModel
@@ -19,6 +22,32 @@ from schemas.base import StrictModel
 STORE_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ERRORS_NAME = "errors.jsonl"
+
+# `shard-NNNNN.index.arrow`: one row per sample of the shard, in row order.
+INDEX_ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("batch", pa.int32()),  # record batch number inside the shard
+        ("row", pa.int32()),  # row inside that batch
+        ("offset", pa.int64()),  # byte range of the batch in the shard file (batch 0 includes the header)
+        ("length", pa.int64()),
+        ("tokens", pa.int64()),
+        ("sha256", pa.binary(32)),  # sha256 of that byte range: the per-sample checksum
+    ]
+)
+
+# Rows of a hidden-state dataset (kind "hidden"): `hidden` is the [T, L, H] bf16 states encoded by the
+# manifest's codec; L, H, the layer ids and the codec live in the manifest, not in each row.
+HIDDEN_ARROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("input_ids", pa.list_(pa.int64())),
+        ("loss_mask", pa.list_(pa.bool_())),
+        ("hidden", pa.large_binary()),
+    ]
+)
+TOPK_COLUMN = "topk"  # the top-K target log-probs payload (dspark_data/store/topk.py), when manifest.topk_logprobs
+HIDDEN_TOPK_ARROW_SCHEMA = HIDDEN_ARROW_SCHEMA.append(pa.field(TOPK_COLUMN, pa.large_binary()))
 
 
 def check_plain_name(name: str) -> str:
@@ -126,7 +155,7 @@ class VocabManifest(StrictModel):
     fingerprint: dict[str, Any] = Field(description="Data identity and settings the vocab was built from.")
     fingerprint_hash: str = Field(description="schemas.fingerprint(fingerprint).")
     data_dir: str = Field(description="Dataset directory the counts were read from (informational).")
-    data_kind: str = Field(description="Kind of that dataset ('regen' or 'hidden').")
+    data_kind: Literal["regen", "hidden"] = Field(description="Kind of that dataset.")
     draft_vocab_size: int = Field(ge=1, description="N: entries of d2t (min of the requested size and V).")
     target_vocab_size: int = Field(ge=1, description="V: entries of t2d and counts.")
     samples: int = Field(ge=0, description="Samples counted.")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.capture.backend import engine_options, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_indices, part_fingerprint
@@ -36,7 +37,6 @@ from dspark_data.capture.vllm_limits import check_in_process_layout
 from dspark_data.progress import Progress
 from dspark_data.shutdown import GracefulStop, check_stop, stop_requested
 from dspark_data.store import HiddenStateWriter
-from dspark_data.store.files import atomic_write_bytes
 from dspark_data.store.parts import open_any
 from schemas.recipe import Recipe
 

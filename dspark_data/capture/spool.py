@@ -26,7 +26,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-SPOOL_FORMAT = "dspark-spool-1"
+from dspark_data.atomic import atomic_write
+from schemas.capture import (
+    SPOOL_ERROR_SUFFIX,
+    SPOOL_FORMAT,
+    SPOOL_HIDDEN,
+    SPOOL_META_FORMAT,
+    SPOOL_META_LAYER_IDS,
+    SPOOL_TOKEN_IDS,
+)
+
 SPOOL_PREFIX = "dspark-spool-"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -80,39 +89,32 @@ def _alive(pid: int) -> bool:
 
 
 def write_record(path: Path, hidden: torch.Tensor, token_ids: torch.Tensor, layer_ids: tuple[int, ...]) -> None:
-    """Write atomically: a reader sees either no file or the whole file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write atomically: a reader sees either no file or the whole file (not durable: the spool dies with the run)."""
     try:
-        save_file(
-            {"hidden_states": hidden.contiguous(), "token_ids": token_ids.to(torch.int64).contiguous()},
-            str(tmp),
-            metadata={"format": SPOOL_FORMAT, "layer_ids": json.dumps(list(layer_ids))},
-        )
-        os.replace(tmp, path)
+        tensors = {SPOOL_HIDDEN: hidden.contiguous(), SPOOL_TOKEN_IDS: token_ids.to(torch.int64).contiguous()}
+        metadata = {SPOOL_META_FORMAT: SPOOL_FORMAT, SPOOL_META_LAYER_IDS: json.dumps(list(layer_ids))}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), durable=False)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         write_error(path, f"{type(exc).__name__}: {exc}")
         raise
 
 
 def write_error(path: Path, message: str) -> None:
     """Record that the request's states will not come, and why."""
-    err = path.with_name(path.name + ".err")
-    tmp = err.with_name(f".{err.name}.tmp")
-    tmp.write_text(json.dumps({"error": message}))
-    os.replace(tmp, err)
+    err = path.with_name(path.name + SPOOL_ERROR_SUFFIX)
+    atomic_write(err, lambda tmp: tmp.write_text(json.dumps({"error": message})), durable=False)
 
 
 def read_spool_file(path: Path) -> SpoolRecord:
     """Load one record (copied into memory) after checking it is one of ours."""
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != SPOOL_FORMAT:
-            raise SpoolError(f"{path}: not a dspark spool file (format={meta.get('format')!r})")
+        if meta.get(SPOOL_META_FORMAT) != SPOOL_FORMAT:
+            raise SpoolError(f"{path}: not a dspark spool file (format={meta.get(SPOOL_META_FORMAT)!r})")
         return SpoolRecord(
-            hidden=f.get_tensor("hidden_states"),
-            token_ids=f.get_tensor("token_ids"),
-            layer_ids=tuple(json.loads(meta["layer_ids"])),
+            hidden=f.get_tensor(SPOOL_HIDDEN),
+            token_ids=f.get_tensor(SPOOL_TOKEN_IDS),
+            layer_ids=tuple(json.loads(meta[SPOOL_META_LAYER_IDS])),
         )
 
 
@@ -127,7 +129,7 @@ def take_record(
     engine's next step), so the driver may get here first: poll with a short back-off. `alive` lets the
     caller stop waiting when the engine has died.
     """
-    err = path.with_name(path.name + ".err")
+    err = path.with_name(path.name + SPOOL_ERROR_SUFFIX)
     deadline = time.monotonic() + timeout_s
     delay = 0.0005
     while not path.exists():

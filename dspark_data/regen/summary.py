@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.regen.progress import RunStats
-from dspark_data.store.files import atomic_write_bytes
 from schemas.regen import RegenSummary
 from schemas.store import Manifest
 

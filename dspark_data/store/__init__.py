@@ -33,7 +33,7 @@ This package imports only `schemas` (never dspark_train, regen or vLLM).
 
 from dspark_data.store.check import Issue, VerifyReport, inspect, verify
 from dspark_data.store.codecs import CODECS, decode, encode
-from dspark_data.store.hidden import HIDDEN_SCHEMA, HiddenDataset, HiddenSample, HiddenStateWriter, open_hidden
+from dspark_data.store.hidden import HiddenDataset, HiddenSample, HiddenStateWriter, open_hidden
 from dspark_data.store.manifest import FingerprintMismatch, StoreError, load_manifest
 from dspark_data.store.reader import ShardDataset, open_dataset
 from dspark_data.store.sizing import SizeProjection, project_size
@@ -41,7 +41,6 @@ from dspark_data.store.writer import ShardWriter
 
 __all__ = [
     "CODECS",
-    "HIDDEN_SCHEMA",
     "HiddenDataset",
     "HiddenSample",
     "HiddenStateWriter",

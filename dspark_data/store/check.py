@@ -19,7 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dspark_data.store.files import SHARD_RE, TMP_PREFIX, sha256_file
+from dspark_data.atomic import TMP_PREFIX
+from dspark_data.store.files import SHARD_RE, sha256_file
 from dspark_data.store.manifest import StoreError, load_manifest, schema_columns
 from schemas.base import fingerprint as fingerprint_of
 from schemas.store import Manifest, ShardEntry

@@ -1,9 +1,9 @@
-"""File-system primitives of the store: atomic writes, fsync, hashing, the writer lock, our file names.
+"""File-level pieces of the store: our file names, sha256 of files and streams, the writer lock.
 
-Every file the store publishes goes through `atomic_write_bytes` or `publish` (temp file in the same
-directory, fsync, rename, fsync of the directory), so a reader or a resumed writer never sees a
-half-written file under a final name. Peers that resume by "file exists" count truncated files as
-done; here only the manifest decides what exists.
+Every file the store publishes goes through `dspark_data.atomic` (temp file in the same directory,
+fsync, rename, fsync of the directory), so a reader or a resumed writer never sees a half-written file
+under a final name. Peers that resume by "file exists" count truncated files as done; here only the
+manifest decides what exists.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
-from dspark_data.atomic_dir import fsync_dir  # also imported from here by the store and trainer
-
-TMP_PREFIX = ".tmp-"
 SHARD_RE = re.compile(r"^shard-(\d{5,})\.(arrow|index\.arrow)$")
 LOCK_NAME = ".writer.lock"
 _CHUNK = 8 << 20
@@ -33,26 +30,6 @@ def shard_name(n: int) -> str:
 def index_name(n: int) -> str:
     """Per-sample index file of shard n."""
     return f"shard-{n:05d}.index.arrow"
-
-
-def fsync_file(f: IO[bytes]) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Rename a fully written, fsynced temp file to its final name and make the rename durable."""
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir."""
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        fsync_file(f)
-    publish(tmp, path)
 
 
 def sha256_file(path: Path) -> str:

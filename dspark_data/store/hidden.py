@@ -34,24 +34,14 @@ from dspark_data.store.manifest import StoreError
 from dspark_data.store.reader import ShardDataset, open_dataset
 from dspark_data.store.topk import TopK
 from dspark_data.store.writer import CloseOnSuccess, ShardWriter
-from schemas.store import Manifest
+from schemas.store import HIDDEN_ARROW_SCHEMA, HIDDEN_TOPK_ARROW_SCHEMA, TOPK_COLUMN, Manifest
 
 KIND_HIDDEN = "hidden"
-HIDDEN_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("input_ids", pa.list_(pa.int64())),
-        ("loss_mask", pa.list_(pa.bool_())),
-        ("hidden", pa.large_binary()),
-    ]
-)
-TOPK_COLUMN = "topk"
-HIDDEN_TOPK_SCHEMA = HIDDEN_SCHEMA.append(pa.field(TOPK_COLUMN, pa.large_binary()))
 
 
 def hidden_schema(topk_logprobs: int = 0) -> pa.Schema:
-    """The row layout: HIDDEN_SCHEMA, plus the `topk` payload column (`topk.py`) when K > 0."""
-    return HIDDEN_TOPK_SCHEMA if topk_logprobs else HIDDEN_SCHEMA
+    """The row layout (schemas.store): HIDDEN_ARROW_SCHEMA, plus the `topk` payload column when K > 0."""
+    return HIDDEN_TOPK_ARROW_SCHEMA if topk_logprobs else HIDDEN_ARROW_SCHEMA
 
 
 @dataclass(frozen=True)

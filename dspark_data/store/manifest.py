@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from dspark_data.store.files import atomic_write_bytes
+from dspark_data.atomic import atomic_write_bytes
 from schemas.base import canonical_json
 from schemas.store import MANIFEST_NAME, Manifest
 

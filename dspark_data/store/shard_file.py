@@ -13,20 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from dspark_data.store.files import TMP_PREFIX, HashingSink, fsync_file, index_name, publish, shard_name
-from schemas.store import ShardEntry
-
-INDEX_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("batch", pa.int32()),  # record batch number inside the shard
-        ("row", pa.int32()),  # row inside that batch
-        ("offset", pa.int64()),  # byte range of the batch in the shard file (batch 0 includes the header)
-        ("length", pa.int64()),
-        ("tokens", pa.int64()),
-        ("sha256", pa.binary(32)),  # sha256 of that byte range: the per-sample checksum
-    ]
-)
+from dspark_data.atomic import TMP_PREFIX, fsync_file, publish_file
+from dspark_data.store.files import HashingSink, index_name, shard_name
+from schemas.store import INDEX_ARROW_SCHEMA, ShardEntry
 
 
 class ShardFileWriter:
@@ -38,7 +27,7 @@ class ShardFileWriter:
         self.file = open(self.tmp, "wb")
         self.sink = HashingSink(self.file)
         self.ipc = pa.ipc.new_file(pa.PythonFile(self.sink, mode="w"), schema, options=options)
-        self.index: dict[str, list[Any]] = {name: [] for name in INDEX_SCHEMA.names}
+        self.index: dict[str, list[Any]] = {name: [] for name in INDEX_ARROW_SCHEMA.names}
         self.samples = self.batches = self.tokens = self.raw_bytes = 0
 
     def write(self, batch: pa.RecordBatch, ids: list[str], tokens: list[int], raws: list[int]) -> None:
@@ -47,7 +36,8 @@ class ShardFileWriter:
         digest = self.sink.take_range_digest()  # a future: resolved in finish(), hashing overlaps writing
         length = self.sink.position - start
         for r, (sid, tok) in enumerate(zip(ids, tokens, strict=True)):
-            for key, value in zip(INDEX_SCHEMA.names, (sid, self.batches, r, start, length, tok, digest), strict=True):
+            row = (sid, self.batches, r, start, length, tok, digest)
+            for key, value in zip(INDEX_ARROW_SCHEMA.names, row, strict=True):
                 self.index[key].append(value)
         self.batches += 1
         self.samples += len(ids)
@@ -62,31 +52,22 @@ class ShardFileWriter:
         shard_sha256 = self.sink.file_hexdigest()
         self.index["sha256"] = [digest.result() for digest in self.index["sha256"]]
         final = self.directory / shard_name(self.n)
-        publish(self.tmp, final)
+        publish_file(self.tmp, final)
         index_tmp = self.directory / f"{TMP_PREFIX}{index_name(self.n)}"
         with open(index_tmp, "wb") as f:
             sink = HashingSink(f)
-            with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), INDEX_SCHEMA) as w:
-                w.write_batch(pa.record_batch(self.index, schema=INDEX_SCHEMA))
+            with pa.ipc.new_file(pa.PythonFile(sink, mode="w"), INDEX_ARROW_SCHEMA) as w:
+                w.write_batch(pa.record_batch(self.index, schema=INDEX_ARROW_SCHEMA))
             fsync_file(f)
         index_sha256 = sink.file_hexdigest()
-        publish(index_tmp, self.directory / index_name(self.n))
+        publish_file(index_tmp, self.directory / index_name(self.n))
         ids = self.index["id"]
-        return ShardEntry(
-            file=final.name,
-            sha256=shard_sha256,
-            bytes=self.sink.position,
-            index_file=index_name(self.n),
-            index_sha256=index_sha256,
-            index_bytes=sink.position,
-            samples=self.samples,
-            batches=self.batches,
-            tokens=self.tokens,
-            raw_bytes=self.raw_bytes,
-            first_row=self.first_row,
-            last_row=self.first_row + self.samples - 1,
-            first_id=ids[0] if ids else None,
-            last_id=ids[-1] if ids else None,
+        return ShardEntry(  # one line per thing described: shard file, index file, counts, rows, ids
+            file=final.name, sha256=shard_sha256, bytes=self.sink.position,
+            index_file=index_name(self.n), index_sha256=index_sha256, index_bytes=sink.position,
+            samples=self.samples, batches=self.batches, tokens=self.tokens, raw_bytes=self.raw_bytes,
+            first_row=self.first_row, last_row=self.first_row + self.samples - 1,
+            first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None,
         )
 
     def discard(self) -> None:

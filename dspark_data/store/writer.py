@@ -32,13 +32,8 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from dspark_data.store.files import (
-    SHARD_RE,
-    TMP_PREFIX,
-    WriterLock,
-    fsync_dir,
-    fsync_file,
-)
+from dspark_data.atomic import TMP_PREFIX, fsync_dir, fsync_file
+from dspark_data.store.files import SHARD_RE, WriterLock
 from dspark_data.store.manifest import (
     FingerprintMismatch,
     StoreError,

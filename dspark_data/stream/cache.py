@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.store import HiddenDataset, HiddenSample, HiddenStateWriter, StoreError, open_hidden
-from dspark_data.store.files import atomic_write_bytes
 from dspark_data.store.manifest import load_manifest, utc_now
 from dspark_data.store.parts import find_part_dirs, open_hidden_any
 from dspark_data.stream.record import StreamedRecord

@@ -22,8 +22,9 @@ import torch
 
 from dspark_data.store import HiddenSample, codecs
 from dspark_data.store import topk as topk_codec
-from dspark_data.store.hidden import TOPK_COLUMN, encode_payloads, hidden_row, hidden_schema
+from dspark_data.store.hidden import encode_payloads, hidden_row, hidden_schema
 from dspark_data.store.topk import TopK
+from schemas.store import TOPK_COLUMN
 from schemas.stream import META_CODEC, META_FORMAT, META_HIDDEN_SIZE, META_LAYER_IDS, META_TOPK, STREAM_FORMAT
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+from pathlib import Path
 from typing import Any
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.targets.resolve import resolve_target
 from dspark_data.vllm_env import apply_cpu_defaults
 
@@ -95,8 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     report = json.dumps(greedy_parity(args.target, args.num_prompts, args.max_tokens, tuple(args.dtypes)))
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report + "\n")
+        atomic_write_bytes(Path(args.out), (report + "\n").encode())
     print(report)
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_train.data.checks import DataMismatch
-
-RECORD_NAME = "data-verified.json"
+from schemas.training import VERIFIED_NAME, VerifiedDataset
 
 
 class CorruptData(DataMismatch):
@@ -62,7 +62,7 @@ def check_integrity(
 
     directory = Path(directory)
     state = _file_state(directory, skip)
-    record = record_dir / RECORD_NAME if record_dir is not None else None
+    record = record_dir / VERIFIED_NAME if record_dir is not None else None
     if record is not None and state is not None and _remembered(record, directory) == state:
         return IntegrityCheck(f"data {directory}: files unchanged since the check recorded in {record}, not "
                               "re-hashed (delete that file to force a full check)")
@@ -132,7 +132,8 @@ def _remembered(record: Path, directory: Path) -> dict[str, Any] | None:
 
 
 def _remember(record: Path, directory: Path, state: dict[str, Any]) -> None:
-    """Add this dataset's state to the record, atomically (a torn record just means a re-check)."""
+    """Add this dataset's state (schemas.training.VerifiedDataset) to the record, atomically."""
+    VerifiedDataset.model_validate(state)
     try:
         known = json.loads(record.read_text())
         known = known if isinstance(known, dict) else {}
@@ -140,9 +141,7 @@ def _remember(record: Path, directory: Path, state: dict[str, Any]) -> None:
         known = {}
     known[str(directory.resolve())] = state
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1))
-    os.replace(tmp, record)
+    atomic_write_bytes(record, json.dumps(known, indent=1).encode())
 
 
 def _ids_by_shard(directory: Path) -> dict[int, list[str]]:

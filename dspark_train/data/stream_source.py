@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.store import HiddenSample as StoreSample
-from dspark_data.store.files import atomic_write_bytes
 from dspark_data.stream.cache import (
     CacheWriter,
     PartsView,

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from dspark_data.atomic import atomic_write_bytes
 from dspark_data.seeding import derive_seed
-from dspark_data.store.files import atomic_write_bytes
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
 from dspark_train.eval.consistency import consistency_for_set
 from dspark_train.eval.prompts import load_prompt_set
@@ -36,6 +36,7 @@ from dspark_train.eval.speculative import Calibration, SamplingParams, speculate
 from dspark_train.eval.target import HfTarget
 from dspark_train.export.load import LoadedDraft, load_export
 from schemas import fingerprint
+from schemas.draft import PROVENANCE_NAME
 
 TINY_HIDDEN = 512  # targets at most this wide are evaluated on one CPU thread by default
 
@@ -187,7 +188,7 @@ def _evaluate_with(
 
 def _trainer_validation(draft_dir: Path) -> dict[str, Any] | None:
     """The run's own validation figures, as the export recorded them (None for a foreign export)."""
-    provenance = draft_dir / "dspark_export.json"
+    provenance = draft_dir / PROVENANCE_NAME
     return json.loads(provenance.read_text()).get("validation") if provenance.is_file() else None
 
 

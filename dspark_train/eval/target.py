@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from dspark_train.dtypes import TORCH_DTYPES
 
 
 @dataclass
@@ -32,7 +32,7 @@ class HfTarget:
         self, path: str, aux_layer_ids: list[int], dtype: str = "bfloat16", device: str = "cpu",
         revision: str | None = None,
     ) -> None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype], revision=revision)
         self.model = model.to(device).eval()
         n = self.model.config.get_text_config().num_hidden_layers
         bad = [i for i in aux_layer_ids if not 0 <= i < n]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from dspark_data.atomic_dir import backup_path
+from dspark_data.atomic import backup_path
 from dspark_train.model import DraftConfig, DSparkDraft
 
 LATEST = "latest"

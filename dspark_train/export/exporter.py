@@ -21,18 +21,17 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dspark_data.atomic_dir import publish_dir, recover_dir
+from dspark_data.atomic import publish_dir, recover_dir, temp_sibling
 from dspark_data.targets import load_target_info, resolve_target
 from dspark_data.targets.weights import load_target_head
+from dspark_train.dtypes import TORCH_DTYPES
 from dspark_train.export.card import render_card
 from dspark_train.export.checkpoint_reader import TrainedDraft, read_checkpoint
 from dspark_train.export.speculators_config import ExportFormat, build_config
 from dspark_train.export.weights import cast_for_export, check_shapes, select_draft_tensors
 from dspark_train.logging_utils import summary_key
 from schemas import fingerprint
-
-PROVENANCE = "dspark_export.json"
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from schemas.draft import PROVENANCE_NAME, ExportProvenance
 
 
 def verifier_name_or_path(target_spec: str, trained_dir: str | None = None) -> str:
@@ -59,7 +58,7 @@ def _write_dir(out: Path, files: dict[str, bytes], tensors: dict[str, torch.Tens
     """Write everything into `.tmp-<name>` beside `out`, then publish it whole (old or new, never neither)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}"
+    tmp = temp_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -100,8 +99,8 @@ def export_draft(
     """
     if fmt not in ("dspark", "dflash"):
         raise ValueError(f"--format must be dspark or dflash, got {fmt!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
     draft = read_checkpoint(checkpoint)
     recipe = draft.recipe
     cfg = draft.config
@@ -128,7 +127,7 @@ def export_draft(
         cfg, fmt=fmt, aux_layer_ids=aux, num_speculative_tokens=k, verifier_name_or_path=verifier,
         verifier_architectures=_verifier_architectures(verifier, revision), dtype=dtype, verifier_revision=revision,
     )
-    tensors = export_tensors(draft, fmt, DTYPES[dtype], target_dir, revision)
+    tensors = export_tensors(draft, fmt, TORCH_DTYPES[dtype], target_dir, revision)
     card = render_card(fmt=fmt, cfg=cfg, config_json=config_json, recipe=recipe, state=draft.state,
                        step=draft.step, out_name=str(out))
     provenance = {
@@ -142,6 +141,7 @@ def export_draft(
         "draft_config": cfg.to_dict(),
         "validation": draft.validation,
     }
+    ExportProvenance.model_validate(provenance)  # the format is schemas.draft's; the file holds the dict
     val = draft.validation
     summary: dict[str, Any] = {
         "cached": False,
@@ -160,7 +160,7 @@ def export_draft(
     files = {
         "config.json": (json.dumps(config_json, indent=2) + "\n").encode(),
         "README.md": card.encode(),
-        PROVENANCE: (json.dumps(provenance, indent=2) + "\n").encode(),
+        PROVENANCE_NAME: (json.dumps(provenance, indent=2) + "\n").encode(),
         "summary.json": (json.dumps(summary, indent=2) + "\n").encode(),
     }
     _write_dir(out, files, tensors)

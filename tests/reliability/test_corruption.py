@@ -215,7 +215,8 @@ def test_a_passed_check_is_remembered_until_a_file_changes(base: Path, tmp_path:
     """A resume over unchanged files does not re-read the dataset; damage written after the check (a new
     mtime) is re-checked and refused; a changed skip list re-checks; nothing is recorded until the caller
     accepts the run (`remember()`), so a refused run writes nothing."""
-    from dspark_train.data.integrity import RECORD_NAME, CorruptData, check_integrity
+    from dspark_train.data.integrity import CorruptData, check_integrity
+    from schemas.training import VERIFIED_NAME
 
     def check(**kwargs: object) -> str:
         done = check_integrity(d, record_dir=run, **kwargs)
@@ -227,7 +228,7 @@ def test_a_passed_check_is_remembered_until_a_file_changes(base: Path, tmp_path:
     assert "re-hashed" in first.message and "no damage" in first.message
     assert not run.exists(), "the check wrote before the run was accepted"
     first.remember()
-    assert (run / RECORD_NAME).is_file()
+    assert (run / VERIFIED_NAME).is_file()
     assert "not re-hashed" in check()
     assert "not re-hashed" not in check(skip=["s0001"])  # another skip list
     assert "not re-hashed" not in check_integrity(d).message  # no record dir: always checked

@@ -5,9 +5,10 @@ output depends on (a code-version constant, sizes, seeds, Python version), so a 
 new directory instead of silently reusing a stale one.
 
 Commit protocol: build into a private temp directory next to the entry, write `build.json` last, then
-`os.rename` it into place; the directory's existence is the commit point, so a killed build leaves only
-a temp directory (cleaned by the next builder). A per-entry `fcntl` lock makes concurrent builders (tests in
-several processes, several engineers sharing a cache) wait for the first instead of all building.
+publish it (`dspark_data.atomic.publish_dir`); the directory's existence is the commit point, so a killed
+build leaves only a temp directory (cleaned by the next builder). A per-entry `fcntl` lock makes concurrent
+builders (tests in several processes, several engineers sharing a cache) wait for the first instead of all
+building.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dspark_data.atomic_dir import publish_dir
+from dspark_data.atomic import TMP_PREFIX, atomic_write_bytes, publish_dir
 from dspark_data.paths import cache_dir
 from schemas import fingerprint
 
@@ -57,15 +58,15 @@ def cached_build(name: str, spec: dict[str, Any], build: Callable[[Path], dict[s
     with _locked(final.parent / f".{final.name}.lock"):
         if (final / BUILD_RECORD).is_file():  # another process built it while we waited
             return final
-        for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed build
+        for stale in final.parent.glob(f"{TMP_PREFIX}{final.name}-*"):  # left by a killed build
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
         try:
             start = time.monotonic()
             facts = build(tmp) or {}
             record = {"name": name, "fingerprint": final.name.rsplit("-", 1)[1], "spec": spec, **facts}
             record["build_seconds"] = round(time.monotonic() - start, 2)
-            _write_json(tmp / BUILD_RECORD, record)
+            atomic_write_bytes(tmp / BUILD_RECORD, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
             _share(tmp)
             publish_dir(tmp, final)  # an incomplete entry from an older protocol is replaced whole
         except BaseException:
@@ -77,14 +78,6 @@ def cached_build(name: str, spec: dict[str, Any], build: Callable[[Path], dict[s
 def read_build_record(path: str | Path) -> dict[str, Any] | None:
     record = Path(path) / BUILD_RECORD
     return json.loads(record.read_text()) if record.is_file() else None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _share(directory: Path) -> None:

@@ -1,8 +1,17 @@
-"""Publish a directory atomically: a reader (or a rerun) always finds the old or the new complete directory.
+"""Atomic files and atomic directory publishing: the one place that renames something into place.
 
-A file can be replaced in one `rename`; a non-empty directory cannot (POSIX `rename` refuses to replace
-one), so the usual "delete the old one, rename the new one in" leaves nothing under the final name if
-the process dies between the two steps, and half a directory if it dies inside the delete.
+Why one module: every stage promises that a reader, a rerun or a resume never sees a half-written file
+or directory under its final name, and that a published name survives a power cut (the new bytes and
+the rename are both fsynced). Written once here, the promise cannot drift between writers.
+
+Files (`atomic_write_bytes`, `atomic_write`): write a temp file `.tmp-<name>.<pid>` in the same
+directory, fsync it, `rename` it over the final name, fsync the directory. `publish_file` is the last
+two steps, for a writer that streams into its own temp file (the store's shards).
+
+Directories: a file can be replaced in one `rename`; a non-empty directory cannot (POSIX `rename`
+refuses to replace one), so the usual "delete the old one, rename the new one in" leaves nothing under
+the final name if the process dies between the two steps, and half a directory if it dies inside the
+delete.
 
 `publish_dir(tmp, final)`:
 1. fsync every file in `tmp` and `tmp` itself (the new content is durable before any name changes);
@@ -26,8 +35,11 @@ import ctypes.util
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
+TMP_PREFIX = ".tmp-"  # every temp file and temp directory beside its final name starts so
 BACKUP_PREFIX = ".old-"
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -47,6 +59,60 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(f: IO[bytes]) -> None:
+    """Flush an open file and make its bytes durable."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    """Make the bytes of a closed file durable (for writers that take a path, e.g. safetensors)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_sibling(final: Path) -> Path:
+    """The temp name a directory is built under before `publish_dir` (same parent: rename stays atomic)."""
+    return final.parent / f"{TMP_PREFIX}{final.name}"
+
+
+def publish_file(tmp: Path, final: Path, *, durable: bool = True) -> None:
+    """Rename a fully written (and, when durable, fsynced) temp file to its final name; fsync the directory."""
+    os.replace(tmp, final)
+    if durable:
+        fsync_dir(final.parent)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = True) -> None:
+    """Have `write(tmp)` create the file at a temp path beside `path`, then rename it into place.
+
+    `durable=False` skips both fsyncs, for hand-off files that live on tmpfs and die with the run (the
+    capture spool): still atomic for a concurrent reader, not for a power cut. A failed `write` removes
+    its temp file and re-raises.
+    """
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    try:
+        write(tmp)
+        if durable:
+            fsync_path(tmp)
+        publish_file(tmp, path, durable=durable)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically and durably: temp file in the same directory, fsync, rename, fsync dir."""
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        fsync_file(f)
+    publish_file(tmp, path)
+
+
 def backup_path(final: Path) -> Path:
     """Where the old content of `final` waits while the new one is renamed in (fallback path only)."""
     return final.parent / f"{BACKUP_PREFIX}{final.name}"
@@ -56,11 +122,7 @@ def fsync_tree(directory: Path) -> None:
     """fsync every regular file under `directory`, then every directory (deepest first)."""
     for root, _dirs, files in os.walk(directory, topdown=False):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(Path(root) / name)
         fsync_dir(Path(root))
 
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from dspark_data import atomic_dir
-from dspark_data.atomic_dir import backup_path, publish_dir, recover_dir
+from dspark_data import atomic
+from dspark_data.atomic import backup_path, publish_dir, recover_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import os, shutil, sys
 from pathlib import Path
-from dspark_data import atomic_dir
+from dspark_data import atomic
 
 kill_at, tmp, final, exchange = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1"
 calls = [0]
@@ -38,10 +38,10 @@ def dying(fn):
     return wrapped
 
 if not exchange:
-    atomic_dir._renameat2 = None
-atomic_dir._renameat2 = atomic_dir._renameat2 and dying(atomic_dir._renameat2)
+    atomic._renameat2 = None
+atomic._renameat2 = atomic._renameat2 and dying(atomic._renameat2)
 os.rename, os.unlink, os.rmdir = dying(os.rename), dying(os.unlink), dying(os.rmdir)
-atomic_dir.publish_dir(tmp, final)
+atomic.publish_dir(tmp, final)
 print("finished", calls[0])
 """
 
@@ -61,7 +61,7 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
 def test_a_publish_killed_at_every_step_leaves_old_or_new(tmp_path, exchange) -> None:
-    if exchange and atomic_dir._renameat2 is None:
+    if exchange and atomic._renameat2 is None:
         pytest.skip("no renameat2 in this libc")
     deaths, outcomes = 0, set()
     for kill_at in range(100):
@@ -126,3 +126,21 @@ def test_checkpoint_latest_survives_a_resave_killed_between_renames(tmp_path) ->
     assert Checkpointer(tmp_path / "train", rank=1, world_size=2).latest() == step
     assert Checkpointer(tmp_path / "train").latest() == ckpts / "step-000002"
     assert not step.exists() and find_checkpoint(tmp_path / "train") == ckpts / "step-000002"
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_atomic_write_replaces_whole_and_cleans_up_a_failed_write(tmp_path, durable) -> None:
+    """A file is replaced in one rename; a writer that fails leaves the old file and no temp file behind."""
+    target = tmp_path / "record.json"
+    atomic.atomic_write_bytes(target, b"old")
+    atomic.atomic_write(target, lambda tmp: tmp.write_bytes(b"new"), durable=durable)
+    assert target.read_bytes() == b"new"
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic.atomic_write(target, failing, durable=durable)
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
