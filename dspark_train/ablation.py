@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dspark_data.run_layout import run_dir
 from dspark_data.store.files import atomic_write_bytes
 from schemas.loading import load_recipe
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from dspark_train.train import default_options, run
 
     base = load_recipe(args.recipe, args.sets)
-    root = args.out or Path("runs") / base.name
+    root = args.out or run_dir(base.name)
     dirs = {"on": root / "train", "off": root / "train-markov0"}
     for key, extra in (("on", []), ("off", MARKOV_OFF)):
         recipe = load_recipe(args.recipe, [*args.sets, *extra])

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from dspark_data.run_layout import stage_dir
 from dspark_data.shutdown import EXIT_TERMINATED, GracefulStop, run_forwarding_signals
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
 from dspark_train.data.checks import DataMismatch
@@ -39,7 +40,7 @@ VOCAB_FILE = "vocab.safetensors"
 def default_options(recipe: Recipe, **overrides: Any) -> TrainOptions:
     """TrainOptions from the entry points' flags: the output defaults to runs/<recipe>/train; the inputs
     (data, vocab) come only from what was given (the vocab may be found beside the data, `vocab_beside`)."""
-    out = overrides.pop("out_dir", None) or Path("runs") / recipe.name / "train"
+    out = overrides.pop("out_dir", None) or stage_dir(recipe.name, "train")
     data = overrides.pop("data_dir", None)
     vocab = overrides.pop("vocab_path", None)
     if vocab is None and data is not None and overrides.get("synthetic") is None:

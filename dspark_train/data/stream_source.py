@@ -435,9 +435,10 @@ def stream_overrides(
         raise StreamError("--stream needs the gateway of `dspark serve-target`: --endpoint http://HOST:PORT")
     if data is None:  # never the working directory's runs/<recipe>/regen: the prompts must be named
         raise StreamError("--stream needs --data: the regen dataset whose prompts the gateways capture")
+    from dspark_data.run_layout import stage_dir
     from dspark_data.stream.auth import resolve_token
 
-    out_dir = out or Path("runs") / recipe.name / "train"
+    out_dir = out or stage_dir(recipe.name, "train")
     opts = StreamOptions(
         tuple(endpoints), token=resolve_token(token), cache_dir=cache_dir, stats_dir=out_dir / "stream"
     )
