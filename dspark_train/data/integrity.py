@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dspark_train.data.checks import DataMismatch
+from dspark_data.mismatch import DataMismatch
 
 RECORD_NAME = "data-verified.json"
 

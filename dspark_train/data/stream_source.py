@@ -47,8 +47,8 @@ from dspark_data.stream.cache import (
     write_wanted,
 )
 from dspark_data.stream.client import RetryPolicy, SampleRejected, StreamClient, StreamError
+from dspark_train.data.hidden_source import HiddenSample, IndexedSource, SourceInfo
 from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import HiddenSample, IndexedSource, SourceInfo
 from dspark_train.data.split import split_indices
 from schemas.base import fingerprint as fingerprint_of
 from schemas.recipe import Recipe
