@@ -73,10 +73,15 @@ def cached_summary(out_dir: str | Path, fingerprint: str, outputs: Iterable[str]
     return {**old, "cached": True}
 
 
-def summary_bytes(summary: BaseModel | dict[str, Any], *, indent: int) -> bytes:
-    """The file's bytes: a model as pydantic writes it, a dict as `json.dumps` does (its key order kept)."""
+def summary_bytes(
+    summary: BaseModel | dict[str, Any], *, schema: type[BaseModel] | None = None, indent: int = 2
+) -> bytes:
+    """The file's bytes: a model as pydantic writes it, a dict (validated against `schema`) as `json.dumps`
+    does, its key order kept. For a stage that publishes its whole directory at once (export)."""
     if isinstance(summary, BaseModel):
         return (summary.model_dump_json(indent=indent) + "\n").encode("utf-8")
+    if schema is not None:
+        schema.model_validate(summary)
     return (json.dumps(summary, indent=indent) + "\n").encode()
 
 
@@ -88,6 +93,4 @@ def publish_summary(
     indent: int = 2,
 ) -> None:
     """Validate `summary` (a dict against `schema`) and write `<out_dir>/summary.json` atomically."""
-    if schema is not None and not isinstance(summary, BaseModel):
-        schema.model_validate(summary)
-    atomic_write_bytes(Path(out_dir) / SUMMARY, summary_bytes(summary, indent=indent))
+    atomic_write_bytes(Path(out_dir) / SUMMARY, summary_bytes(summary, schema=schema, indent=indent))

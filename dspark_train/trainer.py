@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import nn
 
 from dspark_data.seeding import derive_seed
 from dspark_data.shutdown import GracefulStop
-from dspark_data.store.files import atomic_write_bytes
+from dspark_data.stage import publish_summary
 from dspark_data.targets.weights import TargetHead, target_probs_and_greedy
 from dspark_train.checkpoint import Checkpointer
 from dspark_train.data import Batch, LoaderConfig, TrainLoader, anchor_span, eval_loader, split_indices
@@ -42,6 +41,7 @@ from dspark_train.schedule import LRSchedule, ScheduleConfig
 from dspark_train.trackers import open_trackers
 from dspark_train.warm_start import InitSource, load_into, read_source
 from schemas.recipe import Recipe
+from schemas.summary import TrainSummary
 
 
 @dataclass
@@ -449,5 +449,5 @@ class Trainer:
         summary.update(summary_figures("untrained_val_", self.untrained_val, per_position=False))
         if self.dist.is_main:
             self.opts.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.opts.out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+            publish_summary(self.opts.out_dir, summary, schema=TrainSummary)
         return summary

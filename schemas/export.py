@@ -19,6 +19,13 @@ PUBLISHED: dict[str, str] = {
     "vocab-manifest": "schemas.store:VocabManifest",
     "regen-record": "schemas.regen:RegenRecord",
     "regen-summary": "schemas.regen:RegenSummary",
+    "vocab-summary": "schemas.summary:VocabSummary",
+    "hidden-summary": "schemas.summary:HiddenSummary",
+    "train-summary": "schemas.summary:TrainSummary",
+    "export-summary": "schemas.summary:ExportSummary",
+    "eval-summary": "schemas.summary:EvalSummary",
+    "live-eval-summary": "schemas.summary:LiveEvalSummary",
+    "report-summary": "schemas.summary:ReportSummary",
 }
 
 
