@@ -7,10 +7,14 @@ writing `summary.json`. Written six ways, the cache checks drifted (which files 
 only its three steps:
 
 - `fingerprint()`: the hash of everything the output depends on (never of how fast it is made);
-- `cached(fingerprint)`: the summary to report when the output is complete for that fingerprint, else None;
+- `cached(fingerprint)`: the summary to report when the output is complete for that fingerprint, else None
+  (stages whose summary carries this invocation's figures, regen and vocab, publish it again, as `cached`);
 - `run(fingerprint)`: produce the output, publish its summary last (the completion marker) and return it.
 
-`execute(stage)` runs one. The summary formats are `schemas.summary` (and `schemas.regen.RegenSummary`);
+`execute(stage)` runs one: `RegenStage`, `VocabStage`, `ExportStage`, `OfflineEvalStage`. Training decides
+start/resume/reuse in `dspark_train.resume` and dump-hidden resumes through its shard writer (both need
+more than "complete or not"); they, the live eval and the report publish their summaries here too.
+The summary formats are `schemas.summary` (and `schemas.regen.RegenSummary`);
 `publish_summary` validates a summary against its model and writes it atomically in the stage's own key
 order, so the files' bytes are what they were before the contract existed.
 """
