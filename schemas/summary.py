@@ -26,81 +26,80 @@ def _version() -> Any:
     return Field(SUMMARY_SCHEMA_VERSION, description="Version of this format; absent from the files: 1.")
 
 
-class FlatSummary(StrictModel):
+class StageSummary(StrictModel):
+    """What every stage's summary says: its format version and whether the output was reused."""
+
+    schema_version: int = _version()
+    cached: bool = Field(description="True when the output was already complete for the fingerprint and reused.")
+
+
+class FlatSummary(StageSummary):
     """A summary whose per-set / per-position figures are extra keys (numbers)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, protected_namespaces=())
 
 
-class VocabSummary(StrictModel):
+class VocabSummary(StageSummary):
     """`<vocab dir>/summary.json` (`dspark vocab`)."""
 
-    schema_version: int = _version()
     stage: Literal["vocab"] = "vocab"
     out_dir: str = Field(description="The vocab directory.")
-    draft_vocab_size: int = Field(description="Target ids kept (N).")
-    target_vocab_size: int = Field(description="The target vocab size V (`t2d` and `counts` length).")
-    samples: int = Field(description="Samples counted.")
-    tokens: int = Field(description="Loss-masked tokens counted.")
-    coverage: float = Field(description="Fraction of the counted tokens the kept ids cover.")
-    cached: bool = Field(description="True when a vocab with the same fingerprint was reused.")
-    seconds: float = Field(description="Wall time of this invocation.")
+    draft_vocab_size: int = Field(ge=0, description="Target ids kept (N).")
+    target_vocab_size: int = Field(ge=0, description="The target vocab size V (`t2d` and `counts` length).")
+    samples: int = Field(ge=0, description="Samples counted.")
+    tokens: int = Field(ge=0, description="Loss-masked tokens counted.")
+    coverage: float = Field(ge=0, le=1, description="Fraction of the counted tokens the kept ids cover.")
+    seconds: float = Field(ge=0, description="Wall time of this invocation.")
 
 
-class HiddenSummary(StrictModel):
+class HiddenSummary(StageSummary):
     """`<hidden dir>/summary.json` (`dspark dump-hidden`): totals from the manifest plus this run's rate."""
 
-    schema_version: int = _version()
     stage: Literal["hidden"] = "hidden"
-    cached: bool = Field(description="True when the dataset was already complete with the same settings.")
-    samples: int = Field(description="Samples in the dataset.")
-    tokens: int = Field(description="Tokens in the dataset.")
-    errors: int = Field(description="Samples refused (errors.jsonl lines).")
+    samples: int = Field(ge=0, description="Samples in the dataset.")
+    tokens: int = Field(ge=0, description="Tokens in the dataset.")
+    errors: int = Field(ge=0, description="Samples refused (errors.jsonl lines).")
     error_counts: dict[str, int] = Field(description="Errors counted by reason.")
     layer_ids: list[int] = Field(description="Target layer ids stored, in stored-axis order.")
-    hidden_size: int = Field(description="The target's hidden size.")
+    hidden_size: int = Field(ge=0, description="The target's hidden size.")
     codec: str = Field(description="Hidden-state codec.")
-    topk_logprobs: int = Field(description="K of the stored top-K log-probs (0: none).")
+    topk_logprobs: int = Field(ge=0, description="K of the stored top-K log-probs (0: none).")
     backend: str = Field(description="Capture backend (vllm or hf).")
-    raw_bytes: int = Field(description="Uncompressed payload bytes.")
-    stored_bytes: int = Field(description="Bytes on disk.")
-    bytes_per_token: float = Field(description="stored_bytes / tokens.")
-    compression_ratio: float = Field(description="raw_bytes / stored_bytes.")
-    run_samples: int = Field(description="Samples captured by this invocation.")
-    run_tokens: int = Field(description="Tokens captured by this invocation.")
-    run_errors: int = Field(description="Samples refused by this invocation.")
-    seconds: float = Field(description="The whole stage, engine start-up included.")
-    capture_seconds: float = Field(description="From the first request to the last sample.")
-    tokens_per_s: float = Field(description="run_tokens / capture_seconds.")
+    raw_bytes: int = Field(ge=0, description="Uncompressed payload bytes.")
+    stored_bytes: int = Field(ge=0, description="Bytes on disk.")
+    bytes_per_token: float = Field(ge=0, description="stored_bytes / tokens.")
+    compression_ratio: float = Field(ge=0, description="raw_bytes / stored_bytes.")
+    run_samples: int = Field(ge=0, description="Samples captured by this invocation.")
+    run_tokens: int = Field(ge=0, description="Tokens captured by this invocation.")
+    run_errors: int = Field(ge=0, description="Samples refused by this invocation.")
+    seconds: float = Field(ge=0, description="The whole stage, engine start-up included.")
+    capture_seconds: float = Field(ge=0, description="From the first request to the last sample.")
+    tokens_per_s: float = Field(ge=0, description="run_tokens / capture_seconds.")
     out_dir: str = Field(description="The dataset directory.")
 
 
 class TrainSummary(FlatSummary):
     """`<train dir>/summary.json` (`dspark train`); extra keys: `val_*` and `untrained_val_*` figures."""
 
-    schema_version: int = _version()
-    cached: bool = Field(description="True when the final checkpoint of the same plan was reused.")
-    steps: int = Field(description="Optimizer steps done.")
-    tokens: int = Field(description="Training tokens seen.")
+    steps: int = Field(ge=0, description="Optimizer steps done.")
+    tokens: int = Field(ge=0, description="Training tokens seen.")
     fingerprint: str = Field(description="The plan fingerprint (resume.plan_fingerprint).")
     checkpoint: str = Field(description="The latest checkpoint directory ('' when none).")
     preempted: bool = Field(description="Stopped early on SIGTERM after saving.")
     init_from: dict[str, Any] | None = Field(None, description="The warm start (path, format, weights_sha256).")
-    train_seconds: float | None = Field(None, description="Wall time of the loop (absent when cached).")
-    data_wait_frac: float | None = Field(None, description="Fraction of the loop spent waiting for data.")
+    train_seconds: float | None = Field(None, ge=0, description="Wall time of the loop (absent when cached).")
+    data_wait_frac: float | None = Field(None, ge=0, le=1, description="Fraction of the loop spent waiting for data.")
 
 
-class ExportSummary(StrictModel):
+class ExportSummary(StageSummary):
     """`<export dir>/summary.json` (`dspark export`)."""
 
-    schema_version: int = _version()
-    cached: bool = Field(description="True when the export of the same checkpoint and options was reused.")
     format: Literal["dspark", "dflash"] = Field(description="Export format.")
     out: str = Field(description="The export directory.")
-    step: int = Field(description="The exported checkpoint's step.")
-    num_speculative_tokens: int = Field(description="K written into the speculators config.")
-    num_tensors: int = Field(description="Tensors in model.safetensors.")
-    bytes: int = Field(description="Tensor bytes.")
+    step: int = Field(ge=0, description="The exported checkpoint's step.")
+    num_speculative_tokens: int = Field(ge=0, description="K written into the speculators config.")
+    num_tensors: int = Field(ge=0, description="Tensors in model.safetensors.")
+    bytes: int = Field(ge=0, description="Tensor bytes.")
     verifier: str = Field(description="What vLLM loads as the verifier.")
     verifier_revision: str | None = Field(description="The verifier's revision.")
     fingerprint: str = Field(description="Fingerprint of the checkpoint and options (the cache key).")
@@ -111,14 +110,12 @@ class EvalSummary(FlatSummary):
     """`<eval dir>/summary.json` (`dspark eval --draft`); extra keys: `<set>_<mode>_avg_length`, `..._pos<i>`,
     `<set>_consistency_*`."""
 
-    schema_version: int = _version()
-    cached: bool = Field(description="True when the same export and options were already evaluated.")
     draft: str = Field(description="The export directory evaluated.")
     format: str = Field(description="The export's format.")
     backend: str = Field(description="Target backend (hf or vllm).")
-    num_speculative_tokens: int = Field(description="K.")
-    max_new_tokens: int = Field(description="Tokens generated per prompt.")
-    seconds: float | None = Field(None, description="Wall time of the measurement.")
+    num_speculative_tokens: int = Field(ge=0, description="K.")
+    max_new_tokens: int = Field(ge=0, description="Tokens generated per prompt.")
+    seconds: float | None = Field(None, ge=0, description="Wall time of the measurement.")
     fingerprint: str | None = Field(None, description="Fingerprint of the export and options (the cache key).")
 
 
@@ -126,18 +123,14 @@ class LiveEvalSummary(FlatSummary):
     """`<eval dir>/vllm/summary.json` (`dspark eval --server`); extra keys as in `EvalSummary`, plus
     `<set>_<mode>_failed_requests`."""
 
-    schema_version: int = _version()
-    cached: bool = Field(description="Always false: a live server is measured every time.")
     server: str = Field(description="The server URL.")
     model: str = Field(description="The served model name.")
-    max_new_tokens: int = Field(description="Tokens requested per prompt.")
+    max_new_tokens: int = Field(ge=0, description="Tokens requested per prompt.")
 
 
 class ReportSummary(FlatSummary):
     """`<report dir>/summary.json` (`dspark report`); extra keys: the sections' headline figures."""
 
-    schema_version: int = _version()
-    cached: bool = Field(description="Always false: the report is rebuilt every time.")
     run_dir: str = Field(description="The run directory reported.")
     missing: list[str] = Field(description="Sections without inputs.")
     report: str = Field(description="The report.html path.")
