@@ -57,8 +57,8 @@ def codecs_(
         mean_tokens = figs[0].tokens / max(figs[0].samples, 1)
         rows: dict[str, dict[str, float]] = {}
         if train_steps:
+            from dspark_data.mismatch import DataMismatch
             from dspark_train.codec_trial import paired, recipe_with_seed, train_codecs
-            from dspark_train.data.checks import DataMismatch
 
             trained = {f.codec: Path(f.directory) for f in figs if f.codec == "raw" or not f.exact}
             try:

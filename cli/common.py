@@ -14,12 +14,11 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from dspark_data import run_layout
 from schemas.loading import RecipeError, load_recipe
 from schemas.recipe import Recipe
 
 console = Console(stderr=True)
-
-STAGES = ("regen", "hidden", "vocab", "train", "export", "eval", "report")
 
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe name or a recipe file path.")]
 SetOpt = Annotated[
@@ -44,9 +43,8 @@ def resolve_recipe(recipe: str, sets: list[str] | None, seed: int | None = None)
 
 
 def stage_dir(recipe: Recipe, stage: str, override: Path | None = None) -> Path:
-    """Where a stage WRITES by default: runs/<recipe>/<stage>. Never used to find a stage's input."""
-    assert stage in STAGES, stage
-    return override if override is not None else Path("runs") / recipe.name / stage
+    """Where a stage WRITES: `override` (--out), else runs/<recipe>/<stage>. Never used to find a stage's input."""
+    return override if override is not None else run_layout.stage_dir(recipe.name, stage)
 
 
 def need(value: Path | None, flag: str, what: str) -> Path:

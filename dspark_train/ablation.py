@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dspark_data.atomic import atomic_write_bytes
+from dspark_data.run_layout import run_dir
 from dspark_train.logging_utils import summary_figures
 from schemas.loading import DEFAULT_RECIPE, load_recipe
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from dspark_train.entrypoint import default_options, run
 
     base = load_recipe(args.recipe, args.sets)
-    root = args.out or Path("runs") / base.name
+    root = args.out or run_dir(base.name)
     dirs = {"on": root / "train", "off": root / "train-markov0"}
     for key, extra in (("on", []), ("off", MARKOV_OFF)):
         recipe = load_recipe(args.recipe, [*args.sets, *extra])

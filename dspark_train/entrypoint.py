@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
+from dspark_data.mismatch import DataMismatch
+from dspark_data.run_layout import stage_dir
 from dspark_data.shutdown import EXIT_TERMINATED, GracefulStop, run_forwarding_signals
+from dspark_data.vocab import VOCAB_FILE, VOCAB_MANIFEST
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
-from dspark_train.data.checks import DataMismatch
 from dspark_train.data.stream_source import StreamError, stream_overrides
 from dspark_train.flags import parser
 from dspark_train.parallelize import destroy_distributed
@@ -34,13 +36,11 @@ from schemas.loading import RecipeError, load_recipe
 from schemas.recipe import Recipe
 from schemas.store import Manifest, VocabManifest
 
-VOCAB_FILE = "vocab.safetensors"
-
 
 def default_options(recipe: Recipe, **overrides: Any) -> TrainOptions:
     """TrainOptions from the entry points' flags: the output defaults to runs/<recipe>/train; the inputs
     (data, vocab) come only from what was given (the vocab may be found beside the data, `vocab_beside`)."""
-    out = overrides.pop("out_dir", None) or Path("runs") / recipe.name / "train"
+    out = overrides.pop("out_dir", None) or stage_dir(recipe.name, "train")
     data = overrides.pop("data_dir", None)
     vocab = overrides.pop("vocab_path", None)
     if vocab is None and data is not None and overrides.get("synthetic") is None:
@@ -58,7 +58,7 @@ def vocab_beside(data_dir: Path) -> Path | None:
     vocab_dir = data_dir.parent / "vocab"
     try:
         data = Manifest.model_validate_json((data_dir / "manifest.json").read_text())
-        vocab_fp = VocabManifest.model_validate_json((vocab_dir / "vocab.json").read_text()).fingerprint
+        vocab_fp = VocabManifest.model_validate_json((vocab_dir / VOCAB_MANIFEST).read_text()).fingerprint
     except (OSError, ValueError):
         return None
     same = (vocab_fp.get("data_fingerprint") == data.fingerprint_hash

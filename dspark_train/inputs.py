@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from dspark_data.mismatch import DataMismatch
 from dspark_data.targets import TargetInfo, load_target_info, resolve_target
 from dspark_data.targets.weights import TargetHead, load_target_head
+from dspark_data.vocab import DraftVocab, load_draft_vocab, select_vocab, vocab_tensors
 from dspark_train.data import HiddenSource, SyntheticHiddenSource, open_source
-from dspark_train.data.checks import DataMismatch, DraftVocab, LayerSlots, check_hidden, layer_slots, load_vocab
+from dspark_train.data.checks import LayerSlots, check_hidden, layer_slots
 from schemas.recipe import Recipe
 
 
@@ -38,16 +41,14 @@ class TrainInputs:
                                      "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps")}
 
 
-def synthetic_vocab(source: HiddenSource, target_vocab_size: int, size: int, indices: list[int]) -> torch.Tensor:
-    """t2d of the `size` most frequent loss-masked tokens of `indices` (ties: lower id), like `dspark vocab`."""
-    counts = torch.zeros(target_vocab_size, dtype=torch.long)
+def synthetic_vocab(source: HiddenSource, target_vocab_size: int, size: int, indices: list[int]) -> DraftVocab:
+    """The `size` most frequent loss-masked tokens of `indices`, selected as `dspark vocab` selects them."""
+    counts = np.zeros(target_vocab_size, dtype=np.int64)
     for i in indices:
         s = source.get(i)
-        counts += torch.bincount(s.input_ids[s.loss_mask], minlength=target_vocab_size)
-    order = sorted(range(target_vocab_size), key=lambda t: (-int(counts[t]), t))[:size]
-    t2d = torch.zeros(target_vocab_size, dtype=torch.bool)
-    t2d[order] = True
-    return t2d
+        counts += np.bincount(s.input_ids[s.loss_mask].numpy(), minlength=target_vocab_size)
+    tensors = vocab_tensors(counts, select_vocab(counts, size))
+    return DraftVocab(tensors["t2d"], tensors["d2t"], f"synthetic-{size}")
 
 
 def load_inputs(
@@ -115,11 +116,9 @@ def load_inputs(
                         stored_topk=source.info.topk_logprobs)
     check_hidden(source, hidden_size=info.hidden_size, vocab_size=info.vocab_size, where=where)
     if synthetic is not None and vocab_path is None and draft_vocab < info.vocab_size:
-        t2d = synthetic_vocab(source, info.vocab_size, draft_vocab, list(range(len(source))))
-        d2t = t2d.nonzero().squeeze(-1) - torch.arange(draft_vocab)
-        vocab = DraftVocab(t2d, d2t, f"synthetic-{draft_vocab}")
+        vocab = synthetic_vocab(source, info.vocab_size, draft_vocab, list(range(len(source))))
     else:
-        vocab = load_vocab(vocab_path, target_vocab_size=info.vocab_size, draft_vocab_size=draft_vocab)
+        vocab = load_draft_vocab(vocab_path, target_vocab_size=info.vocab_size, draft_vocab_size=draft_vocab)
     return TrainInputs(target_dir, info, source, slots, vocab, where, checks)
 
 

@@ -27,6 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from dspark_data.atomic import atomic_write_bytes  # noqa: E402
+from dspark_data.stage import publish_summary  # noqa: E402
+from schemas.summary import ReportSummary  # noqa: E402
 
 LOSS_TERMS = ("ce", "tv", "kl", "confidence")  # trainer's per-term figures in metrics.jsonl
 VAL_KEYS = ("accepted_length", "full_accuracy", "acceptance_rate", "confidence_abs_error")
@@ -257,5 +259,5 @@ def build_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "report.html", page.encode())
     summary["report"] = str(out_dir / "report.html")
-    atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    publish_summary(out_dir, summary, schema=ReportSummary)
     return summary

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ import torch
 from rich.markup import escape
 from torch import nn
 
-from dspark_data.atomic import atomic_write_bytes
 from dspark_data.shutdown import GracefulStop
+from dspark_data.stage import publish_summary
 from dspark_data.targets.weights import TargetHead, draft_vocab_probs_and_greedy
 from dspark_train.data import Batch, eval_loader
 from dspark_train.inputs import load_head
@@ -41,6 +40,7 @@ from dspark_train.schedule import LRSchedule, ScheduleConfig
 from dspark_train.trackers import open_trackers
 from dspark_train.warm_start import load_into
 from schemas.recipe import Recipe
+from schemas.summary import TrainSummary
 
 
 @dataclass
@@ -422,7 +422,7 @@ def write_summary(
     summary.update(summary_figures("untrained_val_", untrained_val, per_position=False))
     if run.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        publish_summary(out_dir, summary, schema=TrainSummary)
     return summary
 
 

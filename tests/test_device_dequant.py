@@ -20,7 +20,7 @@ from dspark_data.vocab import build_vocab
 from dspark_train import run_plan as run_plan_mod
 from dspark_train.data import LoaderConfig, SyntheticHiddenSource, TrainLoader
 from dspark_train.data.collate import DeferredHidden, collate
-from dspark_train.data.source import HiddenSample, StoreSource
+from dspark_train.data.hidden_source import HiddenSample, StoreSource
 from dspark_train.entrypoint import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe

@@ -16,7 +16,8 @@ import torch
 from test_export import make_checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dspark_train.eval.offline import chat_ids, eos_ids
+from dspark_data.targets.stop_ids import stop_token_ids
+from dspark_train.eval.offline import chat_ids
 from dspark_train.eval.speculative import Calibration, SamplingParams, _accept, sampling_probs, speculate
 from dspark_train.eval.target import HfTarget
 from dspark_train.export import export_draft, load_export
@@ -157,7 +158,7 @@ def test_calibration_counts_reached_positions():
 
 def test_eos_ids_include_generation_config(tiny_random_target: str):
     tok = AutoTokenizer.from_pretrained(tiny_random_target)
-    assert eos_ids(tiny_random_target, tok) == {0, 4}
+    assert stop_token_ids(tiny_random_target, tok) == {0, 4}
 
 
 def test_cli_offline_eval_writes_tables(export_dir: Path, tmp_path: Path):

@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dspark_data.mismatch import DataMismatch
 from dspark_data.store import HiddenStateWriter
 from dspark_data.vocab import build_vocab
 from dspark_train.checkpoint import Checkpointer, CheckpointMismatch
 from dspark_train.data import SyntheticHiddenSource
-from dspark_train.data.checks import DataMismatch
 from dspark_train.entrypoint import run
 from dspark_train.resume import RunConflict
 from dspark_train.schedule import ScheduleConfig, lr_at
@@ -177,9 +177,9 @@ def test_refuses_a_vocab_changed_after_dspark_vocab(data, tmp_path) -> None:
     (vocab_dir / "vocab.json").unlink()
     with pytest.raises(DataMismatch, match=r"vocab\.safetensors: no vocab\.json beside it"):
         run(_recipe(data), tampered)
-    from dspark_train.data.checks import load_vocab
+    from dspark_data.vocab import load_draft_vocab
 
-    assert load_vocab(data["vocab"], target_vocab_size=2048, draft_vocab_size=256).t2d.sum() == 256
+    assert load_draft_vocab(data["vocab"], target_vocab_size=2048, draft_vocab_size=256).t2d.sum() == 256
 
 
 def test_checkpoint_layout_and_world_size_check(data, tmp_path) -> None:

@@ -10,7 +10,7 @@ import torch
 from regen_schema import REGEN_SCHEMA
 
 from dspark_data.store import HiddenStateWriter, ShardWriter
-from dspark_data.vocab import build_vocab, load_vocab, select_vocab
+from dspark_data.vocab import build_vocab, read_vocab_tensors, select_vocab
 
 
 def _regen(d: Path, rows: list[tuple[list[int], list[bool]]]) -> None:
@@ -32,7 +32,7 @@ def test_build_counts_only_masked_tokens(tmp_path: Path) -> None:
     res = build_vocab(tmp_path / "regen", tmp_path / "vocab", size=2, target_vocab_size=12)
     # masked tokens: 7, 2, 9, 9, 9 -> 9 leads, then 2 and 7 tie at 1: the lower id (2) wins
     assert not res.cached and res.tokens == 5 and res.samples == 3
-    v = load_vocab(tmp_path / "vocab")
+    v = read_vocab_tensors(tmp_path / "vocab")
     assert v["d2t"].tolist() == [2 - 0, 9 - 1] and v["d2t"].dtype == torch.int64
     assert v["t2d"].shape == (12,) and v["t2d"].nonzero().flatten().tolist() == [2, 9]
     assert v["counts"].tolist()[:10] == [0, 0, 1, 0, 0, 0, 0, 1, 0, 3]
@@ -59,7 +59,7 @@ def test_from_hidden_dataset(tmp_path: Path) -> None:
         w.write("a", torch.tensor([3, 3, 5]), torch.tensor([True, True, True]), torch.zeros(3, 2, 8).bfloat16())
         w.write("b", torch.tensor([5, 1]), torch.tensor([False, True]), torch.zeros(2, 2, 8).bfloat16())
     res = build_vocab(tmp_path / "h", tmp_path / "v", size=2, target_vocab_size=6)
-    assert load_vocab(tmp_path / "v")["t2d"].nonzero().flatten().tolist() == [1, 3]  # 1 and 5 tie: 1 wins
+    assert read_vocab_tensors(tmp_path / "v")["t2d"].nonzero().flatten().tolist() == [1, 3]  # 1 and 5 tie: 1 wins
     assert res.tokens == 4
 
 
@@ -80,7 +80,7 @@ def test_cli_vocab_inspect_verify(tmp_path: Path) -> None:
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "built" in first.output and "coverage" in first.output
-    assert load_vocab(tmp_path / "v")["t2d"].shape == (16,)
+    assert read_vocab_tensors(tmp_path / "v")["t2d"].shape == (16,)
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached" in again.output
     shown = runner.invoke(app, ["inspect", str(tmp_path / "regen"), "--json"])

@@ -16,7 +16,6 @@ Order of work, and why:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from dspark_data.atomic import atomic_write_bytes
 from dspark_data.capture.backend import engine_options, open_backend
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
 from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_indices, part_fingerprint
@@ -36,11 +34,11 @@ from dspark_data.capture.validate import check_capture
 from dspark_data.capture.vllm_limits import check_in_process_layout
 from dspark_data.progress import Progress
 from dspark_data.shutdown import GracefulStop, check_stop, stop_requested
+from dspark_data.stage import publish_summary
 from dspark_data.store import HiddenStateWriter
 from dspark_data.store.parts import open_any
 from schemas.recipe import Recipe
-
-SUMMARY_NAME = "summary.json"
+from schemas.summary import HiddenSummary
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def dump_hidden(
 
     summary = _summary(manifest, plan, backend_name, cached, time.monotonic() - started, stats)
     summary["out_dir"] = str(out_dir)
-    atomic_write_bytes(out_dir / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
+    publish_summary(out_dir, summary, schema=HiddenSummary)
     if cached:
         console.print(f"dump-hidden: {out_dir} is complete with the same settings; cached")
     return summary

@@ -1,4 +1,5 @@
-"""`run_regen`: the regen stage end to end (the one library call behind `dspark regen`).
+"""`run_regen`: the regen stage end to end (the one library call behind `dspark regen`), as a `RegenStage`
+run by `dspark_data.stage.execute`.
 
 Order of work, each step cheap before the expensive one:
 1. resolve the target and the sampling, fingerprint the inputs;
@@ -14,9 +15,9 @@ errors and summary); `merge.merge_check` verifies the parts are disjoint and com
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,14 @@ from dspark_data.regen.reasoning import ReasoningSplitter
 from dspark_data.regen.sampling import check_engine_defaults, resolve_sampling, target_generation_defaults
 from dspark_data.regen.summary import dataset_totals, write_summary
 from dspark_data.shutdown import GracefulStop, check_stop
+from dspark_data.stage import Stage, execute
 from dspark_data.store import ShardWriter, load_manifest
 from dspark_data.store.manifest import StoreError
+from dspark_data.targets.stop_ids import stop_token_ids
 from schemas.base import fingerprint as fingerprint_hash
 from schemas.recipe import Recipe
 from schemas.regen import REGEN_ARROW_SCHEMA, REGEN_KIND, RegenSummary, SamplingRecord
+from schemas.store import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +49,124 @@ def part_dir(out: str | Path, num_shards: int, shard_index: int) -> Path:
     return out if num_shards == 1 else out / f"part-{shard_index:05d}-of-{num_shards:05d}"
 
 
-def _stop_ids(tokenizer: Any, target_path: str, revision: str | None) -> set[int]:
-    ids: set[int] = set()
-    try:
-        from transformers import GenerationConfig
+@dataclass
+class RegenOptions:
+    """How to run (not what to produce: nothing here is in the fingerprint); see `run_regen`."""
 
-        eos = GenerationConfig.from_pretrained(target_path, revision=revision).eos_token_id
-        ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+    overwrite: bool
+    progress: bool
+    window: int | None
+    llm: Any
+    enforce_eager: bool | None
+    openai_options: dict[str, Any]
 
 
-def _cached_summary(out: Path, fp_hash: str, backend: str, num_shards: int, shard_index: int) -> RegenSummary | None:
-    try:
-        manifest = load_manifest(out)
-    except StoreError:
-        return None
-    if manifest.kind != REGEN_KIND or manifest.fingerprint_hash != fp_hash or not manifest.complete:
-        return None
-    assigned = int(manifest.producer_config.get("assigned", manifest.totals.samples + manifest.totals.errors))
-    return write_summary(
-        out,
-        manifest,
-        RunStats(),
-        cached=True,
-        backend=backend,
-        assigned=assigned,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        totals=dataset_totals(out, manifest),
-    )
+class RegenStage(Stage[RegenSummary]):
+    """One part of a regen run: fingerprint (target, sampling, prompts), cached?, plan, generate, summary."""
+
+    def __init__(self, recipe: Recipe, out: str | Path, num_shards: int, shard_index: int, opts: RegenOptions) -> None:
+        from dspark_data.targets import resolve_target
+
+        self.recipe, self.opts = recipe, opts
+        self.num_shards, self.shard_index = num_shards, shard_index
+        self.out = part_dir(out, num_shards, shard_index)
+        self.target_path = resolve_target(recipe.target.model)
+        defaults = target_generation_defaults(self.target_path, recipe.target.revision)
+        self.sampling = resolve_sampling(recipe.regen.sampling, defaults)
+        self.table = open_prompt_table(recipe.prompts)
+        self.fp: dict[str, Any] = {}
+
+    def fingerprint(self) -> str:
+        self.fp = regen_fingerprint(
+            self.recipe,
+            target_path=self.target_path,
+            source_identity=self.table.identity(),
+            sampling=self.sampling,
+            num_shards=self.num_shards,
+            shard_index=self.shard_index,
+        )
+        return fingerprint_hash(self.fp)
+
+    def cached(self, fingerprint: str) -> RegenSummary | None:
+        if self.opts.overwrite:
+            return None
+        try:
+            manifest = load_manifest(self.out)
+        except StoreError:
+            return None
+        if manifest.kind != REGEN_KIND or manifest.fingerprint_hash != fingerprint or not manifest.complete:
+            return None
+        log.info("regen: %s is complete with the same fingerprint; reusing it", self.out)
+        assigned = int(manifest.producer_config.get("assigned", manifest.totals.samples + manifest.totals.errors))
+        return self._summary(manifest, RunStats(), cached=True, assigned=assigned)
+
+    def run(self, fingerprint: str) -> RegenSummary:
+        plan = build_plan(
+            self.recipe.prompts,
+            self.recipe.seed,
+            num_shards=self.num_shards,
+            shard_index=self.shard_index,
+            group_size=self.recipe.regen.shard_samples,
+            table=self.table,
+        )
+        stats = RunStats()
+        manifest = self._generate(plan, fingerprint, stats)
+        return self._summary(manifest, stats, cached=False, assigned=len(plan.items))
+
+    def _generate(self, plan: Any, fingerprint: str, stats: RunStats) -> Manifest:
+        """Start the backend (only if a planned prompt is left), write what is left, close the dataset."""
+        backend: Any = None
+        try:
+            check_stop("regen", "before any request; nothing new was written")
+            if _anything_left(self.out, plan, fingerprint, self.opts.overwrite):
+                # Start the engine before opening the writer: vLLM forks its engine processes, and a fork
+                # made after the writer took its lock would keep the lock alive past a SIGKILL of this process.
+                backend = self._backend()
+            writer = ShardWriter(self.out, REGEN_KIND, REGEN_ARROW_SCHEMA, self.fp,
+                                 producer_config=self._producer(plan), overwrite=self.opts.overwrite)
+            try:
+                done = writer.committed_ids | writer.error_ids
+                groups = [[item for item in group if item.id not in done] for group in plan.groups]
+                if any(groups):
+                    if backend is None:
+                        backend = self._backend()
+                    _drive(self.recipe, self.target_path, self.sampling, backend, writer, groups, stats,
+                           self.opts.progress, self.opts.window, total=len(plan.items),
+                           check_defaults=self.opts.llm is None)
+                return writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            if backend is not None:
+                backend.close()
+
+    def _producer(self, plan: Any) -> dict[str, Any]:
+        """The manifest's producer_config: the full recipe and what this part was assigned."""
+        return {
+            "recipe": self.recipe.model_dump(mode="json"),
+            "target_path": self.target_path,
+            "assigned": len(plan.items),
+            "assigned_digest": plan.ids_digest(),
+            "selected": plan.selected,
+        }
+
+    def _backend(self) -> Any:
+        return _make_backend(self.recipe, self.target_path, self.opts.llm, self.opts.enforce_eager,
+                             self.opts.openai_options)
+
+    def _summary(self, manifest: Manifest, stats: RunStats, *, cached: bool, assigned: int) -> RegenSummary:
+        return write_summary(
+            self.out,
+            manifest,
+            stats,
+            cached=cached,
+            backend=self.recipe.regen.backend,
+            assigned=assigned,
+            num_shards=self.num_shards,
+            shard_index=self.shard_index,
+            totals=dataset_totals(self.out, manifest),
+        )
 
 
 def run_regen(
@@ -100,111 +189,11 @@ def run_regen(
     `OpenAIBackend` arguments (backoff_base_s, backoff_max_s, model). `window`: prompts kept in open
     groups (default max(4 x shard_samples, 2048)).
     """
+    opts = RegenOptions(overwrite, progress, window, llm, enforce_eager, openai_options or {})
     # SIGTERM from here on is a request (planning included, so no instant of the run dies on the default
     # handler): the driver stops after its next commit, the turns in flight are discarded, the engine closed.
     with GracefulStop("regen"):
-        return _run_regen(recipe, out, num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
-                          progress=progress, window=window, llm=llm, enforce_eager=enforce_eager,
-                          openai_options=openai_options)
-
-
-def _run_regen(
-    recipe: Recipe,
-    out: str | Path,
-    *,
-    num_shards: int,
-    shard_index: int,
-    overwrite: bool,
-    progress: bool,
-    window: int | None,
-    llm: Any,
-    enforce_eager: bool | None,
-    openai_options: dict[str, Any] | None,
-) -> RegenSummary:
-    from dspark_data.targets import resolve_target
-
-    out = part_dir(out, num_shards, shard_index)
-    backend_name = recipe.regen.backend
-    target_path = resolve_target(recipe.target.model)
-    revision = recipe.target.revision
-    sampling = resolve_sampling(recipe.regen.sampling, target_generation_defaults(target_path, revision))
-    table = open_prompt_table(recipe.prompts)
-    fp = regen_fingerprint(
-        recipe,
-        target_path=target_path,
-        source_identity=table.identity(),
-        sampling=sampling,
-        num_shards=num_shards,
-        shard_index=shard_index,
-    )
-    if not overwrite:
-        cached = _cached_summary(out, fingerprint_hash(fp), backend_name, num_shards, shard_index)
-        if cached is not None:
-            log.info("regen: %s is complete with the same fingerprint; reusing it", out)
-            return cached
-
-    plan = build_plan(
-        recipe.prompts,
-        recipe.seed,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        group_size=recipe.regen.shard_samples,
-        table=table,
-    )
-    producer = {
-        "recipe": recipe.model_dump(mode="json"),
-        "target_path": target_path,
-        "assigned": len(plan.items),
-        "assigned_digest": plan.ids_digest(),
-        "selected": plan.selected,
-    }
-    stats = RunStats()
-    backend: Any = None
-    try:
-        check_stop("regen", "before any request; nothing new was written")
-        if _anything_left(out, plan, fingerprint_hash(fp), overwrite):
-            # Start the engine before opening the writer: vLLM forks its engine processes, and a fork
-            # made after the writer took its lock would keep the lock alive past a SIGKILL of this process.
-            backend = _make_backend(recipe, target_path, llm, enforce_eager, openai_options or {})
-        writer = ShardWriter(out, REGEN_KIND, REGEN_ARROW_SCHEMA, fp, producer_config=producer, overwrite=overwrite)
-        try:
-            done = writer.committed_ids | writer.error_ids
-            groups = [[item for item in group if item.id not in done] for group in plan.groups]
-            todo = sum(len(g) for g in groups)
-            if todo:
-                if backend is None:
-                    backend = _make_backend(recipe, target_path, llm, enforce_eager, openai_options or {})
-                _drive(
-                    recipe,
-                    target_path,
-                    sampling,
-                    backend,
-                    writer,
-                    groups,
-                    stats,
-                    progress,
-                    window,
-                    total=len(plan.items),
-                    check_defaults=llm is None,
-                )
-            manifest = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-    finally:
-        if backend is not None:
-            backend.close()
-    return write_summary(
-        out,
-        manifest,
-        stats,
-        cached=False,
-        backend=backend_name,
-        assigned=len(plan.items),
-        num_shards=num_shards,
-        shard_index=shard_index,
-        totals=dataset_totals(out, manifest),
-    )
+        return execute(RegenStage(recipe, out, num_shards, shard_index, opts))
 
 
 def _anything_left(out: Path, plan: Any, fp_hash: str, overwrite: bool) -> bool:
@@ -261,7 +250,7 @@ def make_context(recipe: Recipe, target_path: str, sampling: SamplingRecord) -> 
         raise ValueError(f"target {target_path}: cannot load its tokenizer: {exc}") from exc
     return RegenContext(
         tokenizer=tokenizer,
-        splitter=ReasoningSplitter(tokenizer, _stop_ids(tokenizer, target_path, revision)),
+        splitter=ReasoningSplitter(tokenizer, stop_token_ids(target_path, tokenizer, revision)),
         sampling=sampling,
         run_seed=recipe.seed,
         seq_len=recipe.seq_len,
@@ -307,8 +296,3 @@ def _make_backend(
             reaper.fire()
             raise
     return VllmEngineBackend(llm, reaper=reaper)
-
-
-def load_summary(out: str | Path) -> dict[str, Any]:
-    """Read `<out>/summary.json`."""
-    return json.loads((Path(out) / "summary.json").read_text())

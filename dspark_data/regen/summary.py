@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dspark_data.atomic import atomic_write_bytes
 from dspark_data.regen.progress import RunStats
+from dspark_data.stage import publish_summary
 from schemas.regen import RegenSummary
 from schemas.store import Manifest
 
@@ -82,6 +82,5 @@ def write_summary(
         elapsed_s=round(elapsed, 3),
         tokens_per_s=round(stats.generated_tokens / elapsed, 1) if elapsed > 0 else 0.0,
     )
-    text = summary.model_dump_json(indent=1) + "\n"
-    atomic_write_bytes(Path(directory) / "summary.json", text.encode("utf-8"))
+    publish_summary(directory, summary, indent=1)
     return summary

@@ -7,9 +7,7 @@ epoch, the world size and the rank; see docs/training.md.
 
 from dspark_train.data.anchors import anchor_span, candidate_anchors, sample_anchors
 from dspark_train.data.collate import Batch, collate
-from dspark_train.data.loader import LoaderConfig, Prefetcher, TrainLoader, eval_loader
-from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import (
+from dspark_train.data.hidden_source import (
     HiddenSample,
     HiddenSource,
     SourceInfo,
@@ -17,6 +15,8 @@ from dspark_train.data.source import (
     SyntheticHiddenSource,
     open_source,
 )
+from dspark_train.data.loader import LoaderConfig, Prefetcher, TrainLoader, eval_loader
+from dspark_train.data.sampler import epoch_batches, eval_batches
 from dspark_train.data.split import is_validation, split_indices
 
 __all__ = [

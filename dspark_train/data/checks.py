@@ -1,26 +1,18 @@
 """Refuse data that does not fit the recipe and target, with a message naming the mismatch.
 
-Training on hidden states captured at other layers, from a target of another width, or with a draft
-vocab built for another tokenizer would run without error and learn garbage; these checks run before
-any model is built. They also map the recipe's layers onto the dataset's stored layer axis, so a
-dataset that stores extra layers still works.
+Training on hidden states captured at other layers, or from a target of another width, would run without
+error and learn garbage; these checks run before any model is built (the draft vocab is checked by its
+loader, `dspark_data.vocab.load_draft_vocab`). They also map the recipe's layers onto the dataset's
+stored layer axis, so a dataset that stores extra layers still works.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-from safetensors.torch import load
-
-from dspark_train.data.source import HiddenSource
-
-
-class DataMismatch(ValueError):
-    """The data (hidden states or vocab) was produced for another recipe or target."""
+from dspark_data.mismatch import DataMismatch
+from dspark_train.data.hidden_source import HiddenSource
 
 
 @dataclass(frozen=True)
@@ -91,67 +83,3 @@ def check_hidden(source: HiddenSource, *, hidden_size: int, vocab_size: int, whe
                 f"sample {s.id} of {where} has token id {top} >= the target's vocab_size={vocab_size}: "
                 "the data was tokenized for another target"
             )
-
-
-@dataclass(frozen=True)
-class DraftVocab:
-    t2d: torch.Tensor  # bool (V,)
-    d2t: torch.Tensor  # int64 (D,)
-    fingerprint: str  # sha256 (16 hex) of the vocab file, "full" when the whole target vocab is used
-
-
-def load_vocab(path: Path | None, *, target_vocab_size: int, draft_vocab_size: int) -> DraftVocab:
-    """Read `vocab.safetensors` (from `dspark vocab`) and check it against the target and recipe.
-
-    Without a file, a draft vocab as large as the target's is the identity (every id kept).
-    """
-    if path is None:
-        if draft_vocab_size != target_vocab_size:
-            raise DataMismatch(
-                f"no draft vocab file, but vocab.draft_vocab_size={draft_vocab_size} is smaller than the target's "
-                f"{target_vocab_size}: run `dspark vocab` first, then pass --vocab DIR (or keep it beside --data)"
-            )
-        return DraftVocab(
-            torch.ones(target_vocab_size, dtype=torch.bool), torch.zeros(target_vocab_size, dtype=torch.long), "full"
-        )
-    blob = _checked_vocab_bytes(Path(path))
-    tensors = load(blob)
-    t2d, d2t = tensors["t2d"].bool(), tensors["d2t"].long()
-    if t2d.numel() != target_vocab_size:
-        raise DataMismatch(
-            f"draft vocab {path} covers a target vocab of {t2d.numel()} ids, but the target has "
-            f"vocab_size={target_vocab_size}: rebuild it with `dspark vocab` for this target"
-        )
-    if d2t.numel() != draft_vocab_size or int(t2d.sum()) != draft_vocab_size:
-        raise DataMismatch(
-            f"draft vocab {path} has {d2t.numel()} entries, but the recipe asks vocab.draft_vocab_size="
-            f"{draft_vocab_size}: rebuild it with `dspark vocab --size {draft_vocab_size}` or change the recipe"
-        )
-    expected = t2d.nonzero().squeeze(-1) - torch.arange(draft_vocab_size)
-    if not torch.equal(expected, d2t):
-        raise DataMismatch(f"draft vocab {path}: d2t does not agree with t2d (corrupt or foreign file)")
-    return DraftVocab(t2d, d2t, hashlib.sha256(blob).hexdigest()[:16])
-
-
-def _checked_vocab_bytes(path: Path) -> bytes:
-    """The vocab file's bytes, after checking them against the sha256 `dspark vocab` recorded in vocab.json.
-
-    A vocab is part of the training input like the shards are: a file changed after it was built (a bad
-    copy, an edit, bit rot) would train a draft over the wrong ids without any other check noticing.
-    """
-    from schemas.store import VocabManifest
-
-    manifest_path = path.parent / "vocab.json"
-    if not manifest_path.is_file():
-        raise DataMismatch(f"draft vocab {path}: no vocab.json beside it (written by `dspark vocab` with its "
-                           "checksum): pass a directory `dspark vocab` wrote, or rebuild it")
-    try:
-        manifest = VocabManifest.model_validate_json(manifest_path.read_text())
-    except ValueError as exc:
-        raise DataMismatch(f"draft vocab manifest {manifest_path} is not valid: {exc}") from None
-    blob = path.read_bytes()
-    actual = hashlib.sha256(blob).hexdigest()
-    if actual != manifest.sha256:
-        raise DataMismatch(f"draft vocab {path}: sha256 {actual[:16]}... does not match {manifest.sha256[:16]}... "
-                           f"recorded in {manifest_path} (changed or damaged after `dspark vocab`): rebuild it")
-    return blob

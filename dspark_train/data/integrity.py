@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dspark_data.atomic import atomic_write_bytes
-from dspark_train.data.checks import DataMismatch
+from dspark_data.mismatch import DataMismatch
 from schemas.training import VERIFIED_NAME, VerifiedDataset
 
 

@@ -17,11 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from dspark_data.mismatch import DataMismatch
 from dspark_train.data.anchors import sample_anchors
-from dspark_train.data.checks import DataMismatch
 from dspark_train.data.collate import Batch, collate
+from dspark_train.data.hidden_source import HiddenSample, HiddenSource
 from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import HiddenSample, HiddenSource
 from schemas.recipe import TrainConfig
 
 _TRAIN = TrainConfig()  # the recipe's loader knobs, for a LoaderConfig built without a recipe

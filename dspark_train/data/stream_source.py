@@ -47,8 +47,8 @@ from dspark_data.stream.cache import (
     write_wanted,
 )
 from dspark_data.stream.client import RetryPolicy, SampleRejected, StreamClient, StreamError
+from dspark_train.data.hidden_source import HiddenSample, IndexedSource, SourceInfo
 from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import HiddenSample, IndexedSource, SourceInfo
 from dspark_train.data.split import split_indices
 from schemas.base import fingerprint as fingerprint_of
 from schemas.recipe import Recipe
@@ -435,9 +435,10 @@ def stream_overrides(
         raise StreamError("--stream needs the gateway of `dspark serve-target`: --endpoint http://HOST:PORT")
     if data is None:  # never the working directory's runs/<recipe>/regen: the prompts must be named
         raise StreamError("--stream needs --data: the regen dataset whose prompts the gateways capture")
+    from dspark_data.run_layout import stage_dir
     from dspark_data.stream.auth import resolve_token
 
-    out_dir = out or Path("runs") / recipe.name / "train"
+    out_dir = out or stage_dir(recipe.name, "train")
     opts = StreamOptions(
         tuple(endpoints), token=resolve_token(token), cache_dir=cache_dir, stats_dir=out_dir / "stream"
     )

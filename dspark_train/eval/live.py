@@ -14,6 +14,7 @@ from dspark_train.eval.offline import write_outputs
 from dspark_train.eval.prompts import load_prompt_set
 from dspark_train.eval.scope import MODES, RUN_SEED, EvalScope
 from dspark_train.eval.server import measure_server, served_model
+from schemas.summary import LiveEvalSummary
 
 LIVE_SUBDIR = "vllm"
 
@@ -54,5 +55,5 @@ def run_live_eval(opts: LiveOptions) -> dict[str, Any]:
             summary[f"{pset.name}_{mode}_avg_length"] = round(run.counts.avg_length(), 4)
             for j, rate in enumerate(run.counts.per_position(), 1):
                 summary[f"{pset.name}_{mode}_pos{j}"] = round(rate, 4)
-    write_outputs(Path(opts.out_dir) / LIVE_SUBDIR, summary, results, opts.modes)
+    write_outputs(Path(opts.out_dir) / LIVE_SUBDIR, summary, results, opts.modes, schema=LiveEvalSummary)
     return summary

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig
+from pydantic import BaseModel
+from transformers import AutoTokenizer
 
 from dspark_data.atomic import atomic_write_bytes
 from dspark_data.seeding import derive_seed
+from dspark_data.stage import Stage, cached_summary, execute, publish_summary, read_summary
+from dspark_data.targets.stop_ids import stop_token_ids
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
 from dspark_train.eval.consistency import consistency_for_set
 from dspark_train.eval.prompts import load_prompt_set
@@ -37,6 +40,7 @@ from dspark_train.eval.target import HfTarget
 from dspark_train.export.load import LoadedDraft, load_export
 from schemas import fingerprint
 from schemas.draft import PROVENANCE_NAME
+from schemas.summary import EvalSummary
 
 TINY_HIDDEN = 512  # targets at most this wide are evaluated on one CPU thread by default
 
@@ -67,20 +71,6 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     return [int(t) for t in out]
 
 
-def eos_ids(path: str, tokenizer: Any, revision: str | None = None) -> set[int]:
-    """Stop tokens vLLM uses: generation_config's eos ids plus the tokenizer's eos."""
-    ids: set[int] = set()
-    try:
-        gen = GenerationConfig.from_pretrained(path, revision=revision)
-        eos = gen.eos_token_id
-        ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    except OSError:
-        pass
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
-
-
 @contextmanager
 def cpu_threads(n: int | None) -> Iterator[None]:
     """Run with `n` torch CPU threads (None: unchanged), restoring the previous setting afterwards."""
@@ -95,35 +85,48 @@ def cpu_threads(n: int | None) -> Iterator[None]:
 
 def _export_identity(draft_dir: Path) -> Any:
     """What identifies an export for caching: its own fingerprint, else its files' sizes and times."""
-    summary = draft_dir / "summary.json"
-    if summary.is_file() and "fingerprint" in (data := json.loads(summary.read_text())):
+    data = read_summary(draft_dir)
+    if data is not None and "fingerprint" in data:
         return data["fingerprint"]
     return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(draft_dir.iterdir()) if p.is_file()}
 
 
+class OfflineEvalStage(Stage[dict[str, Any]]):
+    """Complete when `summary.json` records the fingerprint of the export and the options, beside results.json."""
+
+    def __init__(self, opts: EvalOptions) -> None:
+        self.opts = opts
+
+    def fingerprint(self) -> str:
+        opts = self.opts
+        return fingerprint({"export": _export_identity(Path(opts.draft_dir)),
+                            **{k: str(v) for k, v in vars(opts).items()
+                               if k not in ("out_dir", "num_threads", "target_factory")}})
+
+    def cached(self, fingerprint: str) -> dict[str, Any] | None:
+        return cached_summary(self.opts.out_dir, fingerprint, ("results.json",))
+
+    def run(self, fingerprint: str) -> dict[str, Any]:
+        opts = self.opts
+        if opts.backend not in ("hf", "vllm"):
+            raise ValueError(f"eval.backend must be 'hf' or 'vllm', got {opts.backend!r}")
+        if opts.backend == "vllm" and opts.target_factory is None:
+            raise ValueError("eval.backend=vllm needs the vLLM target (dspark eval injects it): pass target_factory")
+        loaded = load_export(opts.draft_dir, target=opts.target, revision=opts.target_revision)
+        threads = opts.num_threads
+        if threads is None and loaded.config.hidden_size <= TINY_HIDDEN:
+            # matmuls this small gain nothing from intra-op threads, and spinning threads thrash a busy CPU
+            threads = 1
+        with cpu_threads(threads):
+            summary = _evaluate(opts, loaded)
+        summary["fingerprint"] = fingerprint
+        publish_summary(opts.out_dir, summary, schema=EvalSummary)
+        return summary
+
+
 def run_offline_eval(opts: EvalOptions) -> dict[str, Any]:
     """Evaluate every (prompt set, mode); write the outputs; return the flat summary (reused when unchanged)."""
-    fp = fingerprint({"export": _export_identity(Path(opts.draft_dir)),
-                      **{k: str(v) for k, v in vars(opts).items()
-                         if k not in ("out_dir", "num_threads", "target_factory")}})
-    previous = Path(opts.out_dir) / "summary.json"
-    if previous.is_file() and (Path(opts.out_dir) / "results.json").is_file():
-        old = json.loads(previous.read_text())
-        if old.get("fingerprint") == fp:
-            return {**old, "cached": True}
-    if opts.backend not in ("hf", "vllm"):
-        raise ValueError(f"eval.backend must be 'hf' or 'vllm', got {opts.backend!r}")
-    if opts.backend == "vllm" and opts.target_factory is None:
-        raise ValueError("eval.backend=vllm needs the vLLM target (dspark eval injects it): pass target_factory")
-    loaded = load_export(opts.draft_dir, target=opts.target, revision=opts.target_revision)
-    threads = opts.num_threads
-    if threads is None and loaded.config.hidden_size <= TINY_HIDDEN:
-        threads = 1  # matmuls this small gain nothing from intra-op threads, and spinning threads thrash a busy CPU
-    with cpu_threads(threads):
-        summary = _evaluate(opts, loaded)
-    summary["fingerprint"] = fp
-    atomic_write_bytes(previous, (json.dumps(summary, indent=2) + "\n").encode())
-    return summary
+    return execute(OfflineEvalStage(opts))
 
 
 def _evaluate(opts: EvalOptions, loaded: LoadedDraft) -> dict[str, Any]:
@@ -142,7 +145,7 @@ def _evaluate_with(
     opts: EvalOptions, loaded: LoadedDraft, target: Any, target_path: str, revision: str | None, k: int
 ) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(target_path, revision=revision)
-    stops = eos_ids(target_path, tokenizer, revision)
+    stops = stop_token_ids(target_path, tokenizer, revision)
     results: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"cached": False, "draft": str(opts.draft_dir), "format": loaded.fmt,
                                "backend": opts.backend, "num_speculative_tokens": k,
@@ -179,7 +182,7 @@ def _evaluate_with(
             for j, rate in enumerate(counts.per_position(), 1):
                 summary[f"{pset.name}_{mode}_pos{j}"] = round(rate, 4)
     summary["seconds"] = round(time.monotonic() - start, 2)
-    write_outputs(opts.out_dir, summary, results, opts.modes)
+    write_outputs(opts.out_dir, summary, results, opts.modes, schema=EvalSummary)
     if consistency:
         consistency["trainer_validation"] = _trainer_validation(Path(opts.draft_dir))
         atomic_write_bytes(Path(opts.out_dir) / "consistency.json", (json.dumps(consistency, indent=2) + "\n").encode())
@@ -202,9 +205,12 @@ def tables_markdown(results: dict[str, dict[str, Any]], modes: list[str]) -> str
     return "\n".join(parts)
 
 
-def write_outputs(out_dir: Path, summary: dict[str, Any], results: dict[str, Any], modes: list[str]) -> None:
+def write_outputs(
+    out_dir: Path, summary: dict[str, Any], results: dict[str, Any], modes: list[str], *, schema: type[BaseModel]
+) -> None:
+    """results.json, acceptance.md, then summary.json (validated against `schema`) into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     atomic_write_bytes(out_dir / "acceptance.md", tables_markdown(results, modes).encode())
-    atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    publish_summary(out_dir, summary, schema=schema)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from dspark_data.atomic import publish_dir, recover_dir, temp_sibling
+from dspark_data.stage import SUMMARY, Stage, cached_summary, execute, summary_bytes
 from dspark_data.targets import load_target_info, resolve_target
 from dspark_data.targets.weights import load_target_head
 from dspark_train.dtypes import TORCH_DTYPES
@@ -32,6 +33,7 @@ from dspark_train.export.weights import cast_for_export, check_shapes, select_dr
 from dspark_train.logging_utils import summary_key
 from schemas import fingerprint
 from schemas.draft import PROVENANCE_NAME, ExportProvenance
+from schemas.summary import ExportSummary
 
 
 def verifier_name_or_path(target_spec: str, trained_dir: str | None = None) -> str:
@@ -101,67 +103,84 @@ def export_draft(
         raise ValueError(f"--format must be dspark or dflash, got {fmt!r}")
     if dtype not in TORCH_DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
-    draft = read_checkpoint(checkpoint)
-    recipe = draft.recipe
-    cfg = draft.config
-    target_spec = recipe.get("target", {}).get("model") or draft.state.get("target_dir")
-    target_dir = draft.state.get("target_dir") or resolve_target(target_spec)
-    verifier = verifier or verifier_name_or_path(target_spec, target_dir)
-    revision = verifier_revision or recipe.get("target", {}).get("revision")
-    k = num_speculative_tokens or recipe.get("eval", {}).get("num_speculative_tokens") or cfg.num_draft_tokens
-    aux = recipe.get("capture", {}).get("aux_layers")
-    if not aux:
-        raise ValueError(f"{draft.path}/recipe.json has no capture.aux_layers: cannot name the aux layers for vLLM")
-    options = {"format": fmt, "k": k, "dtype": dtype, "verifier": verifier, "verifier_revision": revision}
-    fp = fingerprint({"checkpoint": str(draft.path.resolve()), "plan": draft.state.get("plan_fingerprint"),
-                      "step": draft.step, **options})
-    out = Path(out)
-    recover_dir(out)  # an export killed half-way through replacing `out`: the previous one comes back
-    previous = out / "summary.json"
-    if previous.is_file() and (out / "model.safetensors").is_file():
-        old = json.loads(previous.read_text())
-        if old.get("fingerprint") == fp:
-            return {**old, "cached": True}
+    return execute(ExportStage(read_checkpoint(checkpoint), Path(out), fmt, num_speculative_tokens, dtype,
+                               verifier, verifier_revision))
 
-    config_json = build_config(
-        cfg, fmt=fmt, aux_layer_ids=aux, num_speculative_tokens=k, verifier_name_or_path=verifier,
-        verifier_architectures=_verifier_architectures(verifier, revision), dtype=dtype, verifier_revision=revision,
-    )
-    tensors = export_tensors(draft, fmt, TORCH_DTYPES[dtype], target_dir, revision)
-    card = render_card(fmt=fmt, cfg=cfg, config_json=config_json, recipe=recipe, state=draft.state,
-                       step=draft.step, out_name=str(out))
-    provenance = {
-        "format": fmt,
-        "checkpoint": str(draft.path.resolve()),
-        "step": draft.step,
-        "plan_fingerprint": draft.state.get("plan_fingerprint"),
-        "data_fingerprint": draft.state.get("data_fingerprint"),
-        "vocab_fingerprint": draft.state.get("vocab_fingerprint"),
-        "target_dir": target_dir,
-        "draft_config": cfg.to_dict(),
-        "validation": draft.validation,
-    }
-    ExportProvenance.model_validate(provenance)  # the format is schemas.draft's; the file holds the dict
-    val = draft.validation
-    summary: dict[str, Any] = {
-        "cached": False,
-        "format": fmt,
-        "out": str(out),
-        "step": draft.step,
-        "num_speculative_tokens": k,
-        "num_tensors": len(tensors),
-        "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
-        "verifier": verifier,
-        "verifier_revision": revision,
-        "fingerprint": fp,
-    }
-    if "accepted_length" in val:
-        summary[summary_key("val_", "accepted_length")] = val["accepted_length"]
-    files = {
-        "config.json": (json.dumps(config_json, indent=2) + "\n").encode(),
-        "README.md": card.encode(),
-        PROVENANCE_NAME: (json.dumps(provenance, indent=2) + "\n").encode(),
-        "summary.json": (json.dumps(summary, indent=2) + "\n").encode(),
-    }
-    _write_dir(out, files, tensors)
-    return summary
+
+class ExportStage(Stage[dict[str, Any]]):
+    """Complete when `summary.json` records the fingerprint of the checkpoint and options, beside the weights."""
+
+    def __init__(self, draft: TrainedDraft, out: Path, fmt: ExportFormat, k: int | None, dtype: str,
+                 verifier: str | None, revision: str | None) -> None:
+        recipe, cfg = draft.recipe, draft.config
+        self.draft, self.out, self.fmt, self.dtype = draft, out, fmt, dtype
+        target_spec = recipe.get("target", {}).get("model") or draft.state.get("target_dir")
+        self.target_dir = draft.state.get("target_dir") or resolve_target(target_spec)
+        self.verifier = verifier or verifier_name_or_path(target_spec, self.target_dir)
+        self.revision = revision or recipe.get("target", {}).get("revision")
+        self.k = k or recipe.get("eval", {}).get("num_speculative_tokens") or cfg.num_draft_tokens
+        self.aux = recipe.get("capture", {}).get("aux_layers")
+        if not self.aux:
+            raise ValueError(f"{draft.path}/recipe.json has no capture.aux_layers: cannot name the aux layers for vLLM")
+
+    def fingerprint(self) -> str:
+        options = {"format": self.fmt, "k": self.k, "dtype": self.dtype, "verifier": self.verifier,
+                   "verifier_revision": self.revision}
+        draft = self.draft
+        return fingerprint({"checkpoint": str(draft.path.resolve()), "plan": draft.state.get("plan_fingerprint"),
+                            "step": draft.step, **options})
+
+    def cached(self, fingerprint: str) -> dict[str, Any] | None:
+        recover_dir(self.out)  # an export killed half-way through replacing `out`: the previous one comes back
+        return cached_summary(self.out, fingerprint, ("model.safetensors",))
+
+    def run(self, fingerprint: str) -> dict[str, Any]:
+        draft, cfg, fmt, k, out = self.draft, self.draft.config, self.fmt, self.k, self.out
+        verifier, revision = self.verifier, self.revision
+        config_json = build_config(
+            cfg, fmt=fmt, aux_layer_ids=self.aux, num_speculative_tokens=k, verifier_name_or_path=verifier,
+            verifier_architectures=_verifier_architectures(verifier, revision), dtype=self.dtype,
+            verifier_revision=revision,
+        )
+        tensors = export_tensors(draft, fmt, TORCH_DTYPES[self.dtype], self.target_dir, revision)
+        card = render_card(fmt=fmt, cfg=cfg, config_json=config_json, recipe=draft.recipe, state=draft.state,
+                           step=draft.step, out_name=str(out))
+        summary: dict[str, Any] = {
+            "cached": False,
+            "format": fmt,
+            "out": str(out),
+            "step": draft.step,
+            "num_speculative_tokens": k,
+            "num_tensors": len(tensors),
+            "bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
+            "verifier": verifier,
+            "verifier_revision": revision,
+            "fingerprint": fingerprint,
+        }
+        if "accepted_length" in draft.validation:
+            summary[summary_key("val_", "accepted_length")] = draft.validation["accepted_length"]
+        files = {
+            "config.json": (json.dumps(config_json, indent=2) + "\n").encode(),
+            "README.md": card.encode(),
+            PROVENANCE_NAME: (json.dumps(self._provenance(), indent=2) + "\n").encode(),
+            SUMMARY: summary_bytes(summary, schema=ExportSummary),
+        }
+        _write_dir(out, files, tensors)
+        return summary
+
+    def _provenance(self) -> dict[str, Any]:
+        """`dspark_export.json`: where the export came from (checkpoint, fingerprints, the full DraftConfig)."""
+        draft = self.draft
+        provenance = {
+            "format": self.fmt,
+            "checkpoint": str(draft.path.resolve()),
+            "step": draft.step,
+            "plan_fingerprint": draft.state.get("plan_fingerprint"),
+            "data_fingerprint": draft.state.get("data_fingerprint"),
+            "vocab_fingerprint": draft.state.get("vocab_fingerprint"),
+            "target_dir": self.target_dir,
+            "draft_config": draft.config.to_dict(),
+            "validation": draft.validation,
+        }
+        ExportProvenance.model_validate(provenance)  # the format is schemas.draft's; the file holds the dict
+        return provenance

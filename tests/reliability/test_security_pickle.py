@@ -76,8 +76,8 @@ def test_pickle_bomb_as_checkpoint_vocab_or_record_is_refused(tmp_path, tiny_ran
     from safetensors import SafetensorError
 
     from dspark_data.stream.record import RecordError, decode_record
+    from dspark_data.vocab import load_draft_vocab
     from dspark_train.checkpoint import Checkpointer
-    from dspark_train.data.checks import load_vocab
     from dspark_train.model.draft import DSparkDraft  # noqa: F401  (the checkpoint's model class exists)
 
     marker, raw, zipped = _bombs(tmp_path)
@@ -97,7 +97,7 @@ def test_pickle_bomb_as_checkpoint_vocab_or_record_is_refused(tmp_path, tiny_ran
         vocab.write_bytes(payload)
         write_vocab_manifest(vocab)  # past the checksum check: the loader itself must refuse the pickle
         with pytest.raises((SafetensorError, ValueError, OSError)):
-            load_vocab(vocab, target_vocab_size=2048, draft_vocab_size=1024)
+            load_draft_vocab(vocab, target_vocab_size=2048, draft_vocab_size=1024)
         with pytest.raises(RecordError):
             decode_record(payload)
     assert not marker.exists()

@@ -97,7 +97,7 @@ class StoreSource(IndexedSource):
             skip = set(skip)
             unknown = sorted(skip - set(self._ids))
             if unknown:
-                from dspark_train.data.checks import DataMismatch
+                from dspark_data.mismatch import DataMismatch
 
                 raise DataMismatch(f"--skip-samples names ids that are not in the dataset: {unknown[:10]}")
             self._rows = [i for i, sid in enumerate(self._ids) if sid not in skip]
