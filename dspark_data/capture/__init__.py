@@ -14,7 +14,8 @@ Layer ids follow vLLM's convention; see `layers.py` and docs/formats/hidden-stat
 Importing this package does not import vLLM (only the vllm backend and the connector do).
 """
 
-from dspark_data.capture.backend import CaptureBackend, Captured, EngineOptions, capture_all, open_backend
+from dspark_data.capture.backend import CaptureBackend, Captured, EngineOptions, capture_all
+from dspark_data.capture.backend_factory import open_backend
 from dspark_data.capture.dump import dump_hidden
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan, check_hidden_size, plan_layers
 

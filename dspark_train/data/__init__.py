@@ -5,12 +5,12 @@ Reads samples only through `HiddenSource` (the store's `open_hidden` dataset, ad
 epoch, the world size and the rank; see docs/training.md.
 """
 
+from dspark_data.store.hidden import HiddenSample
 from dspark_train.data.anchors import anchor_span, candidate_anchors, sample_anchors
 from dspark_train.data.collate import Batch, collate
 from dspark_train.data.loader import LoaderConfig, Prefetcher, TrainLoader, eval_loader
 from dspark_train.data.sampler import epoch_batches, eval_batches
 from dspark_train.data.source import (
-    HiddenSample,
     HiddenSource,
     SourceInfo,
     StoreSource,

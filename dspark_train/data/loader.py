@@ -17,11 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from dspark_data.store.hidden import HiddenSample
 from dspark_train.data.anchors import sample_anchors
 from dspark_train.data.checks import DataMismatch
 from dspark_train.data.collate import Batch, collate
 from dspark_train.data.sampler import epoch_batches, eval_batches
-from dspark_train.data.source import HiddenSample, HiddenSource
+from dspark_train.data.source import HiddenSource
 
 K = TypeVar("K")
 T = TypeVar("T")
