@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from dspark_data.shutdown import EXIT_TERMINATED, GracefulStop, run_forwarding_signals
+from dspark_data.stream.client import StreamError
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
 from dspark_train.data.checks import DataMismatch
-from dspark_train.data.stream_source import StreamError, stream_overrides
-from dspark_train.flags import parser
+from dspark_train.flags import parser, stream_overrides
 from dspark_train.parallelize import destroy_distributed
 from dspark_train.resume import RunConflict
 from dspark_train.trainer import Trainer, TrainOptions

@@ -129,7 +129,7 @@ def open_source(
     """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
     from dspark_data.store.parts import find_part_dirs, is_parts_parent, open_hidden_any
-    from dspark_data.stream.cache import all_dirs, is_cache, open_cache
+    from dspark_data.stream.replay_cache import all_dirs, is_cache, open_cache
 
     cache = is_cache(Path(path))  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
     parts = not cache and is_parts_parent(path)  # `dump-hidden --num-shards N` output: part-i-of-N/ folders
