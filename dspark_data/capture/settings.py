@@ -10,8 +10,9 @@ list, the engine options, the writer's arguments and the fingerprint by hand, an
     settings = CaptureSettings.for_target(recipe, info.num_hidden_layers, info.hidden_size)
     settings.plan                       # the layer plan (checked against the target)
     settings.engine_options()           # the engine's settings (revision, max_model_len, dtype, ...)
-    HiddenStateWriter(out, **settings.writer_kwargs(regen_fingerprint))
-    settings.fingerprint(regen_fingerprint)   # what that writer records, without opening one
+    kwargs = settings.writer_kwargs(regen_fingerprint)
+    HiddenStateWriter(out, **kwargs)
+    hidden_fingerprint(**kwargs)        # what that writer records, without opening one (store/hidden.py)
     settings.stream_fields()            # what a server must capture (`StreamInfo.capture_fields()`)
 """
 
@@ -22,7 +23,6 @@ from typing import Any
 
 from dspark_data.capture.backend import EngineOptions, engine_options
 from dspark_data.capture.layers import LayerPlan, plan_layers
-from dspark_data.store.hidden import hidden_fingerprint
 from schemas.recipe import Recipe
 from schemas.stream import StreamInfo
 
@@ -86,11 +86,6 @@ class CaptureSettings:
             "shard_bytes": capture.shard_bytes,
             "topk_logprobs": capture.topk_logprobs,
         }
-
-    def fingerprint(self, regen_fingerprint: str | None, *, extra_fingerprint: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
-        """The fingerprint a writer opened with `writer_kwargs(...)` records (the stream cache's `cache.json`)."""
-        return hidden_fingerprint(**self.writer_kwargs(regen_fingerprint, extra_fingerprint=extra_fingerprint))
 
     def stream_fields(self) -> dict[str, Any]:
         """What a stream server must capture for this recipe: `StreamInfo.capture_fields()` of its /v1/info."""
