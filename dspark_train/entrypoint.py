@@ -23,10 +23,10 @@ import torch
 from dspark_data.mismatch import DataMismatch
 from dspark_data.run_layout import stage_dir
 from dspark_data.shutdown import EXIT_TERMINATED, GracefulStop, run_forwarding_signals
+from dspark_data.stream.client import StreamError
 from dspark_data.vocab import VOCAB_FILE, VOCAB_MANIFEST
 from dspark_train.checkpoint import CheckpointMismatch, CheckpointWriteError
-from dspark_train.data.stream_source import StreamError, stream_overrides
-from dspark_train.flags import parser
+from dspark_train.flags import parser, stream_overrides
 from dspark_train.parallelize import destroy_distributed
 from dspark_train.resume import RunConflict
 from dspark_train.run_plan import plan_run

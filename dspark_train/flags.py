@@ -5,13 +5,22 @@ in one). `dspark train` now forwards its arguments untouched to `dspark_train.en
 with `parser()` below; `torchrun ... -m dspark_train` ranks parse the same flags. Adding a flag is one
 `p.add_argument(...)` line here (plus reading `args.<name>` where it is used).
 
+`stream_overrides` turns the `--stream` flags into `TrainOptions` fields, so the data layer
+(`dspark_train/data/stream_*.py`) takes plain values and never sees a flag. It lives here, not in `cli/`,
+because every torchrun rank parses the flags through `python -m dspark_train` without the Typer app.
+
 No heavy imports here, so `dspark train --help` answers without loading torch.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from schemas.recipe import Recipe
 
 from schemas.loading import DEFAULT_RECIPE
 
@@ -52,3 +61,36 @@ def parser(prog: str = "python -m dspark_train") -> argparse.ArgumentParser:
     p.add_argument("--skip-samples", action="append", default=[], metavar="ID[,ID...]",
                    help="Leave these sample ids out (damaged ones named by `dspark verify`); repeatable.")
     return p
+
+
+def stream_overrides(
+    recipe: Recipe,
+    stream: bool,
+    endpoints: Sequence[str],
+    cache_dir: Path | None,
+    *,
+    data: Path | None,
+    out: Path | None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """`TrainOptions` fields for `--stream` (none without it): --data is the regen dataset, the token from
+    $DSPARK_STREAM_TOKEN, per-rank figures in `<out>/stream/`. Bad combinations raise `StreamError`."""
+    from dspark_data.stream.client import StreamError
+
+    if not stream:
+        if endpoints or cache_dir is not None:
+            raise StreamError("--endpoint and --cache-dir only apply with --stream")
+        return {}
+    if not endpoints:
+        raise StreamError("--stream needs the gateway of `dspark serve-target`: --endpoint http://HOST:PORT")
+    if data is None:  # never the working directory's runs/<recipe>/regen: the prompts must be named
+        raise StreamError("--stream needs --data: the regen dataset whose prompts the gateways capture")
+    from dspark_data.run_layout import stage_dir
+    from dspark_data.stream.auth import resolve_token
+    from dspark_train.data.stream_options import StreamOptions
+
+    out_dir = out or stage_dir(recipe.name, "train")
+    opts = StreamOptions(
+        tuple(endpoints), token=resolve_token(token), cache_dir=cache_dir, stats_dir=out_dir / "stream"
+    )
+    return {"data_dir": data, "stream": opts}

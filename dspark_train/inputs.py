@@ -101,7 +101,7 @@ def load_inputs(
         )
         where = f"synthetic:{synthetic}"
     elif stream is not None:  # hidden states from `dspark serve-target`; data_dir is the regen dataset
-        from dspark_train.data.stream_source import open_stream_source
+        from dspark_train.data.stream_open import open_stream_source
 
         source = open_stream_source(recipe, stream, data_dir=Path(data_dir or ""), num_hidden_layers=n_layers,
                                     hidden_size=info.hidden_size, rank=rank, world_size=world_size)

@@ -55,7 +55,7 @@ class TrainOptions:
     device: str | None = None  # "cpu" / "cuda"; None: CUDA when available
     attention: str | None = None  # "sdpa" / "flex"; None: flex on GPU, sdpa on CPU
     synthetic: int | None = None  # train on N synthetic samples instead of data_dir (bench, smoke tests)
-    stream: Any = None  # data.stream_source.StreamOptions: stream from `dspark serve-target` (data_dir = regen)
+    stream: Any = None  # data.stream_options.StreamOptions: stream from `dspark serve-target` (data_dir = regen)
     stop_after: int | None = None  # tests: stop after this step as if killed (no final checkpoint)
     progress: bool = True  # rich progress bar when the console is a terminal
     skip_samples: tuple[str, ...] = ()  # sample ids to leave out (damaged ones that `dspark verify` named)

@@ -15,13 +15,16 @@ from dspark_data.capture.layers import (
     GLM5_HIDDEN_SIZE,
     GLM5_NUM_HIDDEN_LAYERS,
     CaptureConfigError,
+    LayerMismatch,
     check_hidden_size,
     plan_layers,
 )
 from dspark_data.capture.projection import dry_run_plan, estimate_tokens, project
+from dspark_data.capture.settings import CaptureSettings
 from dspark_data.capture.spool import SpoolError, spool_path, take_record, write_error, write_record
 from dspark_data.capture.validate import check_capture
-from dspark_data.store import CODECS
+from dspark_data.store import CODECS, HiddenStateWriter
+from dspark_data.store.hidden import hidden_fingerprint
 from schemas.loading import load_recipe
 
 # ---------------------------------------------------------------- layer plans
@@ -34,6 +37,31 @@ def test_plan_orders_aux_then_last_and_maps_engine_order():
     engine_rows = torch.tensor(plan.engine_ids)
     assert engine_rows[plan.engine_permutation()].tolist() == [5, 1, 3, 6]
     assert plan.bytes_per_token() == 4 * 128 * 2
+
+
+def test_to_stored_takes_engine_rows_in_stored_order_and_refuses_other_layers():
+    plan = plan_layers([5, 1, 3], True, num_hidden_layers=6, hidden_size=2)
+    engine = torch.tensor(plan.engine_ids, dtype=torch.float32)[None, :, None].expand(3, 4, 2)  # row = its id
+    assert plan.to_stored(engine, plan.engine_ids)[0, :, 0].tolist() == [5, 1, 3, 6]
+    with pytest.raises(LayerMismatch, match=r"engine captured layers \(1, 3, 6\), expected \(1, 3, 5, 6\)"):
+        plan.to_stored(engine[:, :3], (1, 3, 6))
+
+
+def test_settings_give_the_writer_its_own_fingerprint_and_the_server_its_info(tmp_path):
+    """One CaptureSettings: the fingerprint computed without a writer is the one the writer records, and the
+    stream fields a trainer expects are exactly what the gateway's /v1/info announces."""
+    recipe = load_recipe("tiny", ["capture.topk_logprobs=4"])
+    settings = CaptureSettings.for_target(recipe, 6, 128, "hf")
+    kwargs = settings.writer_kwargs("regen-fp", extra_fingerprint={"num_shards": 2, "shard_index": 1},
+                                    producer={"assigned": 3})
+    with HiddenStateWriter(tmp_path / "out", **kwargs) as w:
+        recorded = w.store.manifest
+    assert recorded.fingerprint == hidden_fingerprint(**kwargs)
+    assert recorded.fingerprint["backend"] == "hf" and recorded.fingerprint["topk_logprobs"] == 4
+    assert recorded.producer_config["assigned"] == 3 and recorded.producer_config["target"]["model"] == "tiny:trained"
+    assert recorded.layer_ids == [1, 3, 5, 6] == settings.layer_ids
+    info = settings.stream_info(server_id="s", max_tokens=256, vocab_size=1000, max_inflight=2, max_queue=4)
+    assert info.capture_fields() == settings.stream_fields() and info.recipe == recipe.name
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,14 @@ from safetensors.torch import load_file
 
 from dspark_data.store import HiddenStateWriter, open_hidden
 from dspark_data.store.groupq import QuantPlanes
+from dspark_data.store.hidden import HiddenSample
 from dspark_data.store.parts import open_hidden_any, part_name
 from dspark_data.store.topk import TopK
 from dspark_data.vocab import build_vocab
 from dspark_train import run_plan as run_plan_mod
 from dspark_train.data import LoaderConfig, SyntheticHiddenSource, TrainLoader
 from dspark_train.data.collate import DeferredHidden, collate
-from dspark_train.data.hidden_source import HiddenSample, StoreSource
+from dspark_train.data.hidden_source import StoreSource
 from dspark_train.entrypoint import run
 from dspark_train.trainer import TrainOptions
 from schemas.loading import load_recipe

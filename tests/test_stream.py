@@ -37,12 +37,12 @@ from typer.testing import CliRunner
 from cli.main import app
 from dspark_data.store import HiddenStateWriter, open_hidden
 from dspark_data.stream.auth import AuthConfigError, authorized, check_bind, is_loopback
-from dspark_data.stream.cache import open_cache
 from dspark_data.stream.launch import ServeOptions, kwargs_to_flags
 from dspark_data.stream.record import RecordError, check_matches, decode_record, encode_sample
+from dspark_data.stream.replay_cache import open_cache
 from dspark_train.data.sampler import epoch_batches
 from dspark_train.data.split import split_indices
-from dspark_train.data.stream_source import schedule_owners
+from dspark_train.data.stream_owners import schedule_owners
 
 N = 40  # conversations: 36 train + 4 val at val_fraction 0.1
 
@@ -290,8 +290,9 @@ class _InProcess:
 def test_rejected_capture_is_final_recorded_and_left_out(tmp_path, monkeypatch, tiny_random_target) -> None:
     """A NaN capture: 422 (no retry), the trainer stops naming the sample, the cache records it, a rerun skips it."""
     import dspark_data.stream.fake_upstream as fake
-    from dspark_data.stream.client import SampleRejected, ServerMismatch, StreamClient
-    from dspark_train.data.stream_source import StreamError, StreamOptions, open_stream_source
+    from dspark_data.stream.client import SampleRejected, ServerMismatch, StreamClient, StreamError
+    from dspark_train.data.stream_open import open_stream_source
+    from dspark_train.data.stream_options import StreamOptions
     from schemas.loading import load_recipe
 
     original = fake.fake_hidden

@@ -33,10 +33,10 @@ from dspark_data.capture.parts import part_fingerprint
 from dspark_data.prompts.select import part_of
 from dspark_data.store import HiddenStateWriter, ShardWriter, StoreError, open_dataset
 from dspark_data.store.parts import open_any, part_name
-from dspark_data.stream.cache import open_cache, open_seed
 from dspark_data.stream.client import StreamClient
+from dspark_data.stream.replay_cache import open_cache, open_seed
 from dspark_data.targets import load_target_info
-from dspark_train.data.stream_source import expected_capture, stream_writer_kwargs
+from dspark_train.data.stream_open import stream_settings, stream_writer_kwargs
 from schemas.loading import load_recipe
 
 N = 40  # conversations (36 train + 4 val at val_fraction 0.1)
@@ -105,9 +105,10 @@ def _seed(env, parent: Path) -> set[str]:
     samples captured by the (fake-upstream) gateway and stored by dump-hidden's writer, with its fingerprint."""
     recipe = load_recipe("tiny", SMALL)
     info = load_target_info(env["target"])
-    expect = expected_capture(recipe, info.num_hidden_layers, info.hidden_size)
+    settings = stream_settings(recipe, info.num_hidden_layers, info.hidden_size)
+    expect = settings.stream_fields()
     regen = open_any(env["parts"], require_complete=True)
-    kwargs = stream_writer_kwargs(recipe, expect, regen.manifest.fingerprint_hash, [env["server"].url])
+    kwargs = stream_writer_kwargs(settings, regen.manifest.fingerprint_hash, [env["server"].url])
     single = open_dataset(env["single"], require_complete=True)
     ids = set(single.ids[:SEEDED])
     client = StreamClient([env["server"].url], None, expect=expect, max_inflight=2)

@@ -26,7 +26,7 @@ from test_stream_support import (
     train_argv,
 )
 
-from dspark_data.stream.cache import open_cache
+from dspark_data.stream.replay_cache import open_cache
 
 pytestmark = pytest.mark.vllm
 

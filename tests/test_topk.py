@@ -16,11 +16,11 @@ from dspark_data.capture.logprobs import LogprobsError, from_logits, from_positi
 from dspark_data.mismatch import DataMismatch
 from dspark_data.store import HiddenStateWriter, StoreError, inspect, open_dataset, open_hidden, verify
 from dspark_data.store import topk as tk
+from dspark_data.store.hidden import HiddenSample
 from dspark_data.store.sizing import project_size
 from dspark_data.stream.record import decode_record, encode_sample
 from dspark_train.data.checks import layer_slots
 from dspark_train.data.collate import collate
-from dspark_train.data.hidden_source import HiddenSample
 from dspark_train.losses import DSparkLoss, SlotTargets, kl_term, slot_targets, slot_targets_topk, tv_bounds
 from dspark_train.metrics import DraftMetrics
 from dspark_train.model.draft import DraftOutput

@@ -17,7 +17,7 @@ from test_stream_support import SMALL, VLLM_ENV, VLLM_SETS, Server, free_port, m
 from dspark_data.capture import EngineOptions, capture_all, plan_layers
 from dspark_data.capture.hf_backend import HfCapture
 from dspark_data.store import open_hidden
-from dspark_data.stream.cache import open_cache
+from dspark_data.stream.replay_cache import open_cache
 from dspark_data.targets import load_target_info, resolve_target
 
 pytestmark = pytest.mark.vllm

@@ -1,4 +1,4 @@
-"""What every capture backend returns, and how a backend is chosen.
+"""What every capture backend returns and the engine settings it takes (`backend_factory.py` picks one).
 
 A backend turns token-id sequences into per-sample hidden states `[T, L, H]` in stored layer order
 (`LayerPlan.stored_ids`), in the engine's dtype (bf16 for real runs; float32 makes parity tests exact),
@@ -92,15 +92,3 @@ def engine_options(recipe: Recipe, **overrides: Any) -> EngineOptions:
     }
     return EngineOptions(**{**fields, **overrides})
 
-
-def open_backend(name: str, model_path: str, plan: LayerPlan, options: EngineOptions) -> CaptureBackend:
-    """Load the target under `name` ('vllm' or 'hf'); vLLM is imported only when asked for."""
-    if name == "vllm":
-        from dspark_data.capture.vllm_backend import VllmCapture
-
-        return VllmCapture(model_path, plan, options)
-    if name == "hf":
-        from dspark_data.capture.hf_backend import HfCapture
-
-        return HfCapture(model_path, plan, options)
-    raise ValueError(f"unknown capture backend {name!r}; use 'vllm' or 'hf'")

@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 
-from dspark_data.capture.backend import engine_options, open_backend
-from dspark_data.capture.layers import CaptureConfigError, LayerPlan, plan_layers
+from dspark_data.capture.backend_factory import open_backend
+from dspark_data.capture.layers import CaptureConfigError, LayerPlan
 from dspark_data.capture.parts import assigned_record, capture_part_dir, owned_indices, part_fingerprint
 from dspark_data.capture.projection import print_dry_run
+from dspark_data.capture.regen_rows import capture_row
+from dspark_data.capture.settings import CaptureSettings
 from dspark_data.capture.validate import check_capture
 from dspark_data.capture.vllm_limits import check_in_process_layout
 from dspark_data.progress import Progress
@@ -84,9 +85,9 @@ def dump_hidden(
         )
     model_path = resolve_target(recipe.target.model)
     info = load_target_info(model_path, recipe.target.revision)
-    options = engine_options(recipe)  # refuses a target.max_model_len below seq_len before any engine starts
-    capture = recipe.capture
-    plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
+    settings = CaptureSettings.for_target(recipe, info.num_hidden_layers, info.hidden_size, backend_name)
+    options = settings.engine_options()  # refuses a target.max_model_len below seq_len before any engine starts
+    capture, plan = recipe.capture, settings.plan
     selected = list(range(len(regen)))[:limit] if limit is not None else list(range(len(regen)))
     selected = owned_indices(regen.ids, selected, num_shards, shard_index)
     out_dir = capture_part_dir(out_dir, num_shards, shard_index)
@@ -94,20 +95,11 @@ def dump_hidden(
     started = time.monotonic()
     writer = HiddenStateWriter(
         out_dir,
-        layer_ids=list(plan.stored_ids),
-        hidden_size=plan.hidden_size,
-        codec=capture.codec,
-        target=recipe.target.model,
-        target_revision=recipe.target.revision,
-        seq_len=recipe.seq_len,
-        regen_fingerprint=regen.manifest.fingerprint_hash,
-        zstd_level=capture.zstd_level,
-        extra_fingerprint={"backend": backend_name, "engine_dtype": recipe.target.dtype,
-                           **part_fingerprint(num_shards, shard_index)},
-        producer_config={"capture": capture.model_dump(mode="json"), "target": recipe.target.model_dump(),
-                         **assigned_record([regen.ids[i] for i in selected])},
-        shard_bytes=capture.shard_bytes,
-        topk_logprobs=capture.topk_logprobs,
+        **settings.writer_kwargs(
+            regen.manifest.fingerprint_hash,
+            extra_fingerprint=part_fingerprint(num_shards, shard_index),
+            producer=assigned_record([regen.ids[i] for i in selected]),
+        ),
     )
     # SIGTERM: commit what the engine returned, close the engine, exit (dspark_data/shutdown.py).
     with GracefulStop("dump-hidden"), writer:
@@ -142,15 +134,14 @@ def _samples(regen: Any, indices: list[int], seq_len: int, vocab_size: int | Non
     """Regen rows in order, truncated to seq_len (read lazily: the dataset may be large). A token id outside
     the target's vocab means data tokenized for another target: an error naming the sample, not a crash."""
     for i in indices:
-        batch, r = regen.record(i)  # only the columns capture needs (a regen row also holds the messages)
         sid = regen.ids[i]
-        ids = torch.from_numpy(batch.column("input_ids")[r].values.to_numpy().astype(np.int64)[:seq_len])
+        ids_np, mask = capture_row(regen, i, seq_len)
+        ids = torch.from_numpy(ids_np)
         if vocab_size is not None and ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
             raise CaptureConfigError(
                 f"regen sample {sid!r} (row {i}) has token ids in [{int(ids.min())}, {int(ids.max())}], outside "
                 f"the target's vocab_size={vocab_size}: the regen data was made with another target"
             )
-        mask = batch.column("loss_mask")[r].values.to_numpy(zero_copy_only=False).astype(bool)[:seq_len]
         yield Sample(sid, ids, torch.from_numpy(mask))
 
 

@@ -84,7 +84,9 @@ class HfCapture:
                 topk = from_logits(logits, self.topk)
             else:
                 self.decoder(input_ids=ids[None].to(self.device), use_cache=False)
-            stacked = torch.stack([self._grabbed[k][0] for k in self.plan.stored_ids], dim=1)  # (T, L, H)
+            engine_ids = self.plan.engine_ids
+            stacked = torch.stack([self._grabbed[k][0] for k in engine_ids], dim=1)  # (T, L, H) in engine order
+            stacked = self.plan.to_stored(stacked, engine_ids)
         self._grabbed.clear()
         # cloned outside inference mode, so callers get ordinary (writable) tensors
         return Captured(token_ids=ids, hidden=stacked.cpu().clone(), topk=topk)

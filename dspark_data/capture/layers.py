@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # GLM-5.x (`glm_moe_dsa`): the seed recipe's target shape, checked by tests and `dspark dump-hidden --dry-run`.
 GLM5_NUM_HIDDEN_LAYERS = 78
@@ -22,6 +26,10 @@ GLM5_HIDDEN_SIZE = 6144
 
 class CaptureConfigError(ValueError):
     """A capture setting that cannot work with the target; the message says what to change."""
+
+
+class LayerMismatch(ValueError):
+    """An engine returned other layers than the plan asked for (each caller reports it its own way)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,15 @@ class LayerPlan:
         """Index into the engine's layer axis that yields stored order."""
         position = {layer: i for i, layer in enumerate(self.engine_ids)}
         return [position[layer] for layer in self.stored_ids]
+
+    def to_stored(self, hidden: torch.Tensor, layer_ids: Sequence[int]) -> torch.Tensor:
+        """An engine's states `[T, len(layer_ids), H]` in stored order `[T, L, H]`: the one place states are
+        taken by layer id (vLLM backend, gateway, transformers backend). `layer_ids` names the engine's layer
+        axis and must be `engine_ids` (ascending, unique, as vLLM returns them): anything else means the
+        engine captured other layers than asked for, a `LayerMismatch`, never a silent reorder."""
+        if tuple(int(i) for i in layer_ids) != self.engine_ids:
+            raise LayerMismatch(f"engine captured layers {tuple(layer_ids)}, expected {self.engine_ids}")
+        return hidden[:, self.engine_permutation()]
 
     def bytes_per_token(self, dtype_bytes: int = 2) -> int:
         """Uncompressed size of one token's stored states (bf16 by default)."""

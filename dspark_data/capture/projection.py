@@ -16,7 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dspark_data.capture.layers import GLM5_HIDDEN_SIZE, GLM5_NUM_HIDDEN_LAYERS, LayerPlan, plan_layers
+from dspark_data.capture.layers import GLM5_HIDDEN_SIZE, GLM5_NUM_HIDDEN_LAYERS, LayerPlan
+from dspark_data.capture.settings import CaptureSettings
 from dspark_data.store import CODECS, SizeProjection, project_size
 from dspark_data.store.parts import is_parts_parent, open_any
 from dspark_data.store.topk import raw_bytes_per_token as topk_raw_bytes_per_token
@@ -84,8 +85,7 @@ def project(recipe: Recipe, plan: LayerPlan, estimate: TokenEstimate,
 def dry_run_plan(recipe: Recipe) -> tuple[LayerPlan, str]:
     """The layer plan checked against the target's shape, and where that shape came from."""
     layers, hidden, source = target_shape(recipe.target.model, recipe.target.revision)
-    plan = plan_layers(recipe.capture.aux_layers, recipe.capture.include_last_layer, layers, hidden)
-    return plan, source
+    return CaptureSettings.for_target(recipe, layers, hidden).plan, source
 
 
 def format_bytes(n: float) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dspark_data.capture.backend import Captured, EngineOptions
-from dspark_data.capture.layers import LayerPlan, check_hidden_size
+from dspark_data.capture.layers import LayerMismatch, LayerPlan, check_hidden_size
 from dspark_data.capture.logprobs import from_vllm_prompt_logprobs
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
 from dspark_data.capture.vllm_limits import check_in_process_layout, check_vllm_support
@@ -93,7 +93,6 @@ class VllmCapture:
         from vllm import LLM, SamplingParams
 
         self.plan = plan
-        self._perm = plan.engine_permutation()
         archs = load_target_info(model_path, options.revision).architectures
         check_vllm_support(archs, plan, options.tensor_parallel_size, vllm_platform())
         check_in_process_layout(options.data_parallel_size)
@@ -165,12 +164,14 @@ class VllmCapture:
         if "hidden_states_path" not in params:
             raise SpoolError(f"request {out.request_id} came back without a capture; is the connector loaded?")
         record = take_record(Path(params["hidden_states_path"]), timeout_s=SPOOL_TIMEOUT_S)
-        if record.layer_ids != self.plan.engine_ids:
-            raise SpoolError(f"engine captured layers {record.layer_ids}, expected {self.plan.engine_ids}")
+        try:
+            hidden = self.plan.to_stored(record.hidden, record.layer_ids)
+        except LayerMismatch as exc:
+            raise SpoolError(str(exc)) from None
         topk = None
         if self.topk:
             topk = from_vllm_prompt_logprobs(out.prompt_logprobs, int(record.token_ids.numel()), self.topk)
-        return Captured(token_ids=record.token_ids, hidden=record.hidden[:, self._perm], topk=topk)
+        return Captured(token_ids=record.token_ids, hidden=hidden, topk=topk)
 
     def close(self) -> None:
         """Stop the engine processes and remove the spool."""

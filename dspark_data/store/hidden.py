@@ -46,13 +46,48 @@ def hidden_schema(topk_logprobs: int = 0) -> pa.Schema:
 
 @dataclass(frozen=True)
 class HiddenSample:
-    """One conversation as the trainer sees it."""
+    """One conversation as the trainer sees it: what every reader yields (this store, the stream cache, the
+    live stream, the trainer's synthetic source), so the trainer's data pipeline takes it unchanged."""
 
     id: str
     input_ids: torch.Tensor  # int64 [T]
-    loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated
-    hidden: torch.Tensor | groupq.QuantPlanes  # bf16 [T, L, H]: aux layers in recipe order, then the last layer
+    loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated (assistant turns)
+    hidden: torch.Tensor | groupq.QuantPlanes  # bf16 [T, L, H]: aux layers in recipe order, then the last layer;
+    # QuantPlanes only from `get_deferred` (group codecs, dequantised on the batch's device)
     topk: TopK | None = None  # the target's top-K next-token distribution, when the dataset stores one
+
+
+def hidden_fingerprint(
+    *,
+    target: str,
+    target_revision: str | None,
+    layer_ids: list[int],
+    hidden_size: int,
+    seq_len: int,
+    codec: str,
+    zstd_level: int,
+    regen_fingerprint: str | None,
+    topk_logprobs: int,
+    extra_fingerprint: dict[str, Any] | None,
+    **_not_content: Any,
+) -> dict[str, Any]:
+    """The fingerprint a hidden-state dataset records: what decides its content, compared on resume.
+
+    Takes `HiddenStateWriter`'s keyword arguments (those that do not decide the content, such as
+    `shard_bytes` or `producer_config`, are ignored), so a producer that needs the fingerprint before it
+    opens a writer (the stream cache's `cache.json`, its seed check) gets exactly the writer's."""
+    return {
+        "target": target,
+        "target_revision": target_revision,
+        "layer_ids": [int(i) for i in layer_ids],
+        "hidden_size": int(hidden_size),
+        "seq_len": seq_len,
+        "codec": codec,
+        "zstd_level": zstd_level if codec != "raw" else None,
+        "regen_fingerprint": regen_fingerprint,
+        **({"topk_logprobs": int(topk_logprobs)} if topk_logprobs else {}),  # absent: old hashes hold
+        **(extra_fingerprint or {}),
+    }
 
 
 class HiddenStateWriter(CloseOnSuccess):
@@ -92,18 +127,18 @@ class HiddenStateWriter(CloseOnSuccess):
         self.threads = codecs.default_threads() if threads is None else max(1, threads)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dspark-encode") if self.threads > 1 else None
         self._inflight: deque[tuple[str, np.ndarray, np.ndarray, int, Future[list[bytes]]]] = deque()
-        fingerprint = {
-            "target": target,
-            "target_revision": target_revision,
-            "layer_ids": self.layer_ids,
-            "hidden_size": self.hidden_size,
-            "seq_len": seq_len,
-            "codec": codec,
-            "zstd_level": zstd_level if codec != "raw" else None,
-            "regen_fingerprint": regen_fingerprint,
-            **({"topk_logprobs": self.topk_logprobs} if self.topk_logprobs else {}),  # absent: old hashes hold
-            **(extra_fingerprint or {}),
-        }
+        fingerprint = hidden_fingerprint(
+            target=target,
+            target_revision=target_revision,
+            layer_ids=self.layer_ids,
+            hidden_size=self.hidden_size,
+            seq_len=seq_len,
+            codec=codec,
+            zstd_level=zstd_level,
+            regen_fingerprint=regen_fingerprint,
+            topk_logprobs=self.topk_logprobs,
+            extra_fingerprint=extra_fingerprint,
+        )
         self.store = ShardWriter(
             directory,
             KIND_HIDDEN,

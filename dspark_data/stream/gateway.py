@@ -35,7 +35,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from dspark_data.capture.backend import Captured
-from dspark_data.capture.layers import LayerPlan
+from dspark_data.capture.layers import LayerMismatch, LayerPlan
 from dspark_data.capture.logprobs import LogprobsError, from_position_dicts
 from dspark_data.capture.spool import SpoolError, take_record
 from dspark_data.capture.validate import check_capture
@@ -80,7 +80,6 @@ class Gateway:
         self.cfg = cfg
         self.ready = False
         self._closing = False  # set at shutdown: spool waits stop at once instead of running to their timeout
-        self._perm = cfg.plan.engine_permutation()
         self._slots = asyncio.Semaphore(cfg.info.max_inflight)
         self._waiting = 0
         self._inflight = 0
@@ -241,9 +240,10 @@ class Gateway:
     def _encode(self, req: StreamRequest, record: Any, prompt_logprobs: Any = None) -> bytes:
         """Stored order, stored dtype, the same checks as dump-hidden, then the store's record bytes."""
         plan, info = self.cfg.plan, self.cfg.info
-        if tuple(record.layer_ids) != plan.engine_ids:
-            raise GatewayError(500, "layer_mismatch", f"engine captured {record.layer_ids}, expected {plan.engine_ids}")
-        hidden = record.hidden[:, self._perm].to(torch.bfloat16)
+        try:
+            hidden = plan.to_stored(record.hidden, record.layer_ids).to(torch.bfloat16)
+        except LayerMismatch as exc:
+            raise GatewayError(500, "layer_mismatch", str(exc)) from None
         input_ids = torch.tensor(req.input_ids, dtype=torch.int64)
         topk = None
         if info.topk_logprobs:

@@ -39,8 +39,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from dspark_data.capture.backend import EngineOptions, engine_options
-from dspark_data.capture.layers import LayerPlan, plan_layers
+from dspark_data.capture.backend import EngineOptions
+from dspark_data.capture.layers import LayerPlan
+from dspark_data.capture.settings import STREAM_BACKEND, CaptureSettings
 from dspark_data.capture.spool import default_spool_root
 from dspark_data.stream.auth import check_bind
 from dspark_data.stream.gateway import Gateway, GatewayConfig
@@ -75,9 +76,13 @@ class TargetSetup:
     """The recipe's target resolved and checked: what the server will load and capture."""
 
     model_path: str
-    plan: LayerPlan
+    settings: CaptureSettings
     vocab_size: int
     options: EngineOptions
+
+    @property
+    def plan(self) -> LayerPlan:
+        return self.settings.plan
 
 
 def target_setup(recipe: Recipe, tensor_parallel_size: int | None = None) -> TargetSetup:
@@ -86,32 +91,17 @@ def target_setup(recipe: Recipe, tensor_parallel_size: int | None = None) -> Tar
 
     model_path = resolve_target(recipe.target.model)
     info = load_target_info(model_path, recipe.target.revision)
-    capture = recipe.capture
-    plan = plan_layers(capture.aux_layers, capture.include_last_layer, info.num_hidden_layers, info.hidden_size)
+    settings = CaptureSettings.for_target(recipe, info.num_hidden_layers, info.hidden_size, STREAM_BACKEND)
     # the same engine settings as dump-hidden (revision, max_model_len, dtype); --tp may override the recipe's
     tp = {"tensor_parallel_size": tensor_parallel_size} if tensor_parallel_size else {}
-    options = engine_options(recipe, **tp)
-    return TargetSetup(model_path, plan, info.vocab_size, options)
+    return TargetSetup(model_path, settings, info.vocab_size, settings.engine_options(**tp))
 
 
-def stream_info(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, server_id: str) -> StreamInfo:
+def stream_info(setup: TargetSetup, opts: ServeOptions, server_id: str) -> StreamInfo:
     """What the gateway announces on /v1/info."""
-    return StreamInfo(
-        server_id=server_id,
-        recipe=recipe.name,
-        target=recipe.target.model,
-        target_revision=recipe.target.revision,
-        seq_len=recipe.seq_len,
-        max_tokens=setup.options.max_model_len,
-        vocab_size=setup.vocab_size,
-        layer_ids=list(setup.plan.stored_ids),
-        hidden_size=setup.plan.hidden_size,
-        codec=recipe.capture.codec,
-        zstd_level=recipe.capture.zstd_level,
-        topk_logprobs=recipe.capture.topk_logprobs,
-        max_inflight=opts.max_inflight,
-        max_queue=opts.max_queue,
-    )
+    return setup.settings.stream_info(server_id=server_id, max_tokens=setup.options.max_model_len,
+                                      vocab_size=setup.vocab_size, max_inflight=opts.max_inflight,
+                                      max_queue=opts.max_queue)
 
 
 def kwargs_to_flags(kwargs: dict[str, Any]) -> list[str]:
@@ -179,7 +169,7 @@ async def _supervise(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, spo
     vllm_port = opts.vllm_port or free_port()
     upstream = f"http://127.0.0.1:{vllm_port}"
     api_key = secrets.token_hex(16)
-    info = stream_info(recipe, setup, opts, server_id=secrets.token_hex(6))
+    info = stream_info(setup, opts, server_id=secrets.token_hex(6))
     gateway = Gateway(
         GatewayConfig(info, setup.plan, upstream, SERVED_MODEL, api_key, opts.token, spool_dir=spool_dir)
     )

@@ -5,10 +5,10 @@ Reads samples only through `HiddenSource` (the store's `open_hidden` dataset, ad
 epoch, the world size and the rank; see docs/training.md.
 """
 
+from dspark_data.store.hidden import HiddenSample
 from dspark_train.data.anchors import anchor_span, candidate_anchors, sample_anchors
 from dspark_train.data.collate import Batch, collate
 from dspark_train.data.hidden_source import (
-    HiddenSample,
     HiddenSource,
     SourceInfo,
     StoreSource,

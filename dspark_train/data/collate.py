@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from dspark_data.store.groupq import QuantPlanes, materialize
-from dspark_train.data.hidden_source import HiddenSample
+from dspark_data.store.hidden import HiddenSample
 
 
 @dataclass

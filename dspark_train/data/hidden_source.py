@@ -1,7 +1,8 @@
 """What the data pipeline reads: a random-access collection of hidden-state samples.
 
-The trainer never depends on the store's classes directly; it reads through `HiddenSource`, a small
-Protocol the store's `open_hidden(dir)` dataset satisfies through `StoreSource` below. Tests and the
+The trainer never depends on the store's readers directly; it reads through `HiddenSource`, a small
+Protocol the store's `open_hidden(dir)` dataset satisfies through `StoreSource` below. A sample is the
+store's own record, `dspark_data.store.hidden.HiddenSample` (one definition, yielded by every reader). Tests and the
 benchmark use `SyntheticHiddenSource` (random tensors, no disk) so the pipeline can be checked without
 a captured dataset.
 
@@ -15,26 +16,12 @@ import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from dspark_data.seeding import derive_seed
-
-if TYPE_CHECKING:
-    from dspark_data.store.groupq import QuantPlanes
-
-
-@dataclass(frozen=True)
-class HiddenSample:
-    """One conversation as the trainer sees it."""
-
-    id: str
-    input_ids: torch.Tensor  # int64 [T]
-    loss_mask: torch.Tensor  # bool [T]: True on tokens the target generated (assistant turns)
-    hidden: torch.Tensor | QuantPlanes  # bf16 [T, L, H]: aux layers, then the last layer (when stored);
-    # QuantPlanes only from `get_deferred` (group codecs, dequantised on the batch's device)
-    topk: Any = None  # dspark_data.store.topk.TopK: the target's top-K next-token distribution, when stored
+from dspark_data.store.hidden import HiddenSample
 
 
 @dataclass(frozen=True)
@@ -113,19 +100,15 @@ class StoreSource(IndexedSource):
         )
 
     def get(self, index: int) -> HiddenSample:
-        return self._sample(self._ds[self._row(index)])
+        return self._ds[self._row(index)]
 
     def get_deferred(self, index: int) -> HiddenSample:
         """`get` with the group codecs' dequantisation left to the batch's device: `hidden` is the store's
         `QuantPlanes` for them (`collate` pads them, `Batch.to` dequantises), the bf16 tensor otherwise."""
-        return self._sample(self._ds.get_deferred(self._row(index)))
+        return self._ds.get_deferred(self._row(index))
 
     def _row(self, index: int) -> int:
         return index if self._rows is None else self._rows[index]
-
-    @staticmethod
-    def _sample(s: Any) -> HiddenSample:
-        return HiddenSample(id=s.id, input_ids=s.input_ids, loss_mask=s.loss_mask, hidden=s.hidden, topk=s.topk)
 
 
 def open_source(
@@ -146,7 +129,7 @@ def open_source(
     """
     from dspark_data.store import open_hidden  # imported lazily: the store may be absent in unit tests
     from dspark_data.store.parts import find_part_dirs, is_parts_parent, open_hidden_any
-    from dspark_data.stream.cache import all_dirs, is_cache, open_cache
+    from dspark_data.stream.replay_cache import all_dirs, is_cache, open_cache
 
     cache = is_cache(Path(path))  # `dspark train --stream --cache-dir DIR` output: one store dataset per rank
     parts = not cache and is_parts_parent(path)  # `dump-hidden --num-shards N` output: part-i-of-N/ folders

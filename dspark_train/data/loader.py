@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from dspark_data.mismatch import DataMismatch
+from dspark_data.store.hidden import HiddenSample
 from dspark_train.data.anchors import sample_anchors
 from dspark_train.data.collate import Batch, collate
-from dspark_train.data.hidden_source import HiddenSample, HiddenSource
+from dspark_train.data.hidden_source import HiddenSource
 from dspark_train.data.sampler import epoch_batches, eval_batches
 from schemas.recipe import TrainConfig
 

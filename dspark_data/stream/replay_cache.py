@@ -60,27 +60,11 @@ def is_cache(directory: Path) -> bool:
     return (Path(directory) / CACHE_INFO_NAME).is_file()
 
 
-def store_fingerprint(writer_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint `HiddenStateWriter` records for these arguments (mirrors its constructor)."""
-    return {
-        "target": writer_kwargs["target"],
-        "target_revision": writer_kwargs.get("target_revision"),
-        "layer_ids": list(writer_kwargs["layer_ids"]),
-        "hidden_size": int(writer_kwargs["hidden_size"]),
-        "seq_len": writer_kwargs["seq_len"],
-        "codec": writer_kwargs["codec"],
-        "zstd_level": writer_kwargs.get("zstd_level", 1) if writer_kwargs["codec"] != "raw" else None,
-        "regen_fingerprint": writer_kwargs.get("regen_fingerprint"),
-        **({"topk_logprobs": int(k)} if (k := writer_kwargs.get("topk_logprobs")) else {}),
-        **(writer_kwargs.get("extra_fingerprint") or {}),
-    }
-
-
-def init_cache(cache_dir: Path, writer_kwargs: dict[str, Any]) -> CacheInfo:
-    """Create or check `cache.json`; a cache made with other settings is refused with the differences."""
+def init_cache(cache_dir: Path, fp: dict[str, Any]) -> CacheInfo:
+    """Create or check `cache.json` for parts written with store fingerprint `fp` (`store.hidden_fingerprint`);
+    a cache made with other settings is refused with the differences."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fp = store_fingerprint(writer_kwargs)
     wanted = CacheInfo(fingerprint_hash=fingerprint_of(fp), fingerprint=fp, created_at=utc_now())
     path = cache_dir / CACHE_INFO_NAME
     if path.is_file():
