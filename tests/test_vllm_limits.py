@@ -23,7 +23,7 @@ from dspark_data.capture.vllm_limits import (
     parse_minor,
     table_range,
 )
-from dspark_data.vllm_env import omp_threads_bind
+from dspark_data.engine.cpu import omp_threads_bind
 
 GLM = ["GlmMoeDsaForCausalLM"]
 V32 = ["DeepseekV32ForCausalLM"]
@@ -124,7 +124,7 @@ def test_core_binding_lasts_one_engine_and_keeps_the_users(monkeypatch):
 
     import torch
 
-    from dspark_data.vllm_env import BIND_ENV, apply_cpu_defaults
+    from dspark_data.engine.cpu import BIND_ENV, apply_cpu_defaults
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only defaults")

@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from dspark_data.engine.server import free_port
 from dspark_data.store import HiddenStateWriter, StoreError, load_manifest, open_dataset, open_hidden, verify
 from reliability import harness
 from reliability.data import write_hidden, write_vocab_manifest
@@ -382,12 +382,6 @@ def _listeners(port: int) -> set[str]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(tmp_path: Path, target: str, port: int, env: dict[str, str], *extra: str):
     argv = ["serve-target", "--recipe", "tiny", "--set", f"target.model={target}", "--set", "seq_len=64",
             "--port", str(port), "--fake-upstream", *extra]
@@ -415,7 +409,7 @@ def test_stream_gateway_binds_loopback_by_default_and_checks_a_token(tmp_path, t
     from dspark_data.stream.launch import ServeOptions
 
     assert inspect.signature(serve_target).parameters["host"].default == "127.0.0.1" == ServeOptions().host
-    port = _free_port()  # started with no --host: must listen on 127.0.0.1 only
+    port = free_port()  # started with no --host: must listen on 127.0.0.1 only
     proc = _serve(tmp_path, tiny_random_target, port, {"DSPARK_STREAM_TOKEN": ""})
     try:
         _wait(f"http://127.0.0.1:{port}", {}, proc, tmp_path / "serve.log")
@@ -424,7 +418,7 @@ def test_stream_gateway_binds_loopback_by_default_and_checks_a_token(tmp_path, t
         os.kill(proc.pid, signal.SIGTERM)
         proc.join(30)
     token = "k" * 40
-    port = _free_port()
+    port = free_port()
     proc = _serve(tmp_path, tiny_random_target, port, {"DSPARK_STREAM_TOKEN": token})
     try:
         url = f"http://127.0.0.1:{port}"
