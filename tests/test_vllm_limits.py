@@ -138,6 +138,26 @@ def test_core_binding_lasts_one_engine_and_keeps_the_users(monkeypatch):
     assert os.environ[BIND_ENV] == "0"
 
 
+def test_regen_engine_and_its_server_get_the_same_workarounds_and_revision():
+    """Regen's engine arguments, served as flags (what the openai backend's `vllm serve` needs): on CPU eager and
+    no chunked prefill (seeded requests); a revision reaches the weights and the tokenizer, as in capture."""
+    import torch
+
+    from dspark_data.engine.server import kwargs_to_flags
+    from dspark_data.regen.backends.engine import engine_kwargs
+
+    flags = kwargs_to_flags(engine_kwargs("/t", max_model_len=512, seed=0))
+    assert flags[:2] == ["--model", "/t"] and "--revision" not in flags and "--tokenizer-revision" not in flags
+    if not torch.cuda.is_available():
+        assert {"--enforce-eager", "--no-enable-chunked-prefill"} <= set(flags)
+        assert flags[flags.index("--max-num-batched-tokens") + 1] == "4096"
+        assert "--gpu-memory-utilization" not in flags  # vLLM's own default on CPU, as before
+    pinned = kwargs_to_flags(engine_kwargs("/t", revision="abc123", max_model_len=8192))
+    assert pinned[pinned.index("--revision") + 1] == pinned[pinned.index("--tokenizer-revision") + 1] == "abc123"
+    if not torch.cuda.is_available():
+        assert pinned[pinned.index("--max-num-batched-tokens") + 1] == "8192"
+
+
 def test_layout_fields_reach_every_engine_start(tmp_path, tiny_random_target):
     """target.data_parallel_size / enable_expert_parallel: in the serve-target flags; refused up front by
     the in-process engines (dump-hidden's capture engine, regen's engine) before any model loads."""
