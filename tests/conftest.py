@@ -1,11 +1,14 @@
-"""Shared fixtures. vLLM on CPU: give it both cores and a small KV cache."""
+"""Shared fixtures. vLLM on CPU: give it both cores and a small KV cache (the engines' own defaults, set for
+the whole session so that every process a test starts has them)."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+from dspark_data.engine.cpu import CPU_DEFAULTS
+
+for _key, _value in CPU_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

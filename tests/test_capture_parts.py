@@ -197,11 +197,9 @@ def test_capture_under_slurm_writes_its_part(captured, tmp_path):
 def test_training_under_slurm_forms_the_world_from_its_variables(captured, tmp_path):
     """Two tasks as `srun --ntasks 2 python -m dspark_train` starts them (no torchrun): ranks 0 and 1 of 2,
     training on the parent of the hidden-state parts."""
-    import socket
+    from dspark_data.engine.server import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     root = captured["root"]
     build_vocab(root / "parts", tmp_path / "vocab", size=256, target_vocab_size=2048)
     args = [sys.executable, "-m", "dspark_train", "--recipe", "tiny", "--set", f"target.model={captured['target']}"]

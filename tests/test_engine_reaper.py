@@ -1,4 +1,4 @@
-"""The engine reaper (dspark_data/engine_reaper.py) without an engine: a client that is SIGKILLed takes
+"""The engine reaper (dspark_data/engine/reaper.py) without an engine: a client that is SIGKILLed takes
 what it started after `start_reaper()` with it, and nothing else.
 
 The client starts (1) a process before the reaper (must survive), then after `start_reaper()` (2) a
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CLIENT = r"""
 import json, os, subprocess, sys, time
-from dspark_data.engine_reaper import start_reaper
+from dspark_data.engine.reaper import start_reaper
 sleep = [sys.executable, "-c", "import time; time.sleep(300)"]
 before = subprocess.Popen(sleep)
 reaper = start_reaper()

@@ -24,17 +24,15 @@ that kernel behaviour and will start failing (strict xfail) when vLLM fixes it.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
+from test_stream_support import VLLM_ENV
 
+from dspark_data.engine.server import VllmServer
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table, max_abs_rate_diff
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -111,48 +109,12 @@ def trained(tmp_path_factory, tiny_trained_target) -> dict[str, Path]:
         torch.set_num_threads(before)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class VllmServer:
-    """`python -m vllm.entrypoints.openai.api_server` in its own process group, float32, DFlash draft."""
-
-    def __init__(self, target: str, draft: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        spec = {"method": "dflash", "model": str(draft), "num_speculative_tokens": K}
-        self.argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", target,
-                     "--dtype", "float32", "--max-model-len", "1024", "--max-num-seqs", "4", "--enforce-eager",
-                     "--port", str(self.port), "--speculative-config", json.dumps(spec)]
-        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-        self.log = log
-
-    def __enter__(self) -> VllmServer:
-        self.log_file = open(self.log, "w")  # noqa: SIM115 - closed in __exit__
-        self.proc = subprocess.Popen(self.argv, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited: {self.log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        raise TimeoutError(f"vLLM server not up after 600 s: {self.log.read_text()[-4000:]}")
-
-    def __exit__(self, *exc) -> None:
-        os.killpg(self.proc.pid, 15)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-        self.log_file.close()
+def dflash_server(target: str, draft: Path, log: Path) -> VllmServer:
+    """`vllm serve` of the target in float32 with the DFlash draft, 1 GiB of KV cache."""
+    spec = {"method": "dflash", "model": str(draft), "num_speculative_tokens": K}
+    kwargs = {"model": target, "dtype": "float32", "max_model_len": 1024, "max_num_seqs": 4, "enforce_eager": True,
+              "speculative_config": spec}
+    return VllmServer(kwargs, log, env=VLLM_ENV)
 
 
 def test_vllm_dflash_acceptance_matches_offline_eval(trained, tiny_trained_target, tmp_path):
@@ -160,7 +122,7 @@ def test_vllm_dflash_acceptance_matches_offline_eval(trained, tiny_trained_targe
     from dspark_train.eval.offline import EvalOptions, run_offline_eval
 
     sets = ["code", "math"]
-    with VllmServer(tiny_trained_target, trained["dflash"], tmp_path / "vllm.log") as server:
+    with dflash_server(tiny_trained_target, trained["dflash"], tmp_path / "vllm.log") as server:
         run_live_eval(LiveOptions(url=server.url, out_dir=tmp_path, prompt_sets=sets, modes=["greedy"],
                                   num_prompts=EVAL_PROMPTS, max_new_tokens=EVAL_TOKENS, concurrency=4))
     run_offline_eval(EvalOptions(draft_dir=trained["dflash"], out_dir=tmp_path, prompt_sets=sets, modes=["greedy"],

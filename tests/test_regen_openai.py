@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import random
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from test_regen_fake_server import FakeVllmServer
 from typer.testing import CliRunner
 
 from cli.main import app
+from dspark_data.engine.server import free_port
 from dspark_data.regen import merge_check, run_regen
 from dspark_data.store import open_dataset, verify
 from dspark_data.store.manifest import FingerprintMismatch
@@ -134,14 +134,8 @@ def test_faults_are_retried_and_failures_recorded(tok, tiny_random_target, promp
     assert s.complete and s.samples + s.errors == s.assigned
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_load_spreads_and_a_dead_endpoint_is_survived(tok, tiny_random_target, prompt_file, clean_run, tmp_path):
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     with FakeVllmServer(tok, latency_s=0.01) as a, FakeVllmServer(tok, latency_s=0.01) as b:
         recipe = _recipe(tiny_random_target, prompt_file, [a.url, dead, b.url])
         s = run_regen(recipe, tmp_path, progress=False, openai_options=FAST)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from dspark_data.regen import run_regen
@@ -53,13 +51,13 @@ def engine_runs(tiny_random_target: str, tmp_path_factory: pytest.TempPathFactor
     must not depend on how many requests the engine batched together."""
     from dspark_data.regen.backends.engine import start_engine
 
-    llm = start_engine(tiny_random_target, max_model_len=SEQ_LEN, seed=0)
+    engine = start_engine(tiny_random_target, max_model_len=SEQ_LEN, seed=0)
     try:
         dirs = {name: tmp_path_factory.mktemp(name) for name in ("a", "b")}
         for out, window in zip(dirs.values(), (None, 8), strict=True):
-            run_regen(_recipe(tiny_random_target), out, llm=llm, progress=False, window=window)
+            run_regen(_recipe(tiny_random_target), out, llm=engine.llm, progress=False, window=window)
     finally:
-        llm.llm_engine.engine_core.shutdown()
+        engine.shutdown()
     return dirs
 
 
@@ -102,46 +100,15 @@ def test_engine_rerun_is_byte_identical(engine_runs) -> None:
     assert a and a == b
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(engine_runs, tiny_random_target: str, tmp_path_factory: pytest.TempPathFactory):
-    """`python -m vllm.entrypoints.openai.api_server` on the tiny target (after the engine is gone)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_random_target,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", str(SEQ_LEN),
-        "--enforce-eager", "--seed", "0", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
-    ]  # fmt: skip
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm server exited ({proc.returncode}): {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("vllm server did not come up in 600 s")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """`vllm serve` of the engine the engine runs used (its own arguments as flags), after that engine is gone."""
+    from dspark_data.engine.server import VllmServer
+    from dspark_data.regen.backends.engine import engine_kwargs
+
+    kwargs = engine_kwargs(tiny_random_target, max_model_len=SEQ_LEN, seed=0)
+    with VllmServer(kwargs, tmp_path_factory.mktemp("server") / "server.log") as server:
+        yield server.url
 
 
 def test_server_backend_matches_engine(vllm_server: str, engine_runs, tiny_random_target: str, tmp_path) -> None:

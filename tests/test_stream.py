@@ -19,25 +19,14 @@ import numpy as np
 import pytest
 import torch
 from aiohttp import web
-from test_stream_support import (
-    SMALL,
-    Server,
-    cli_train_argv,
-    final_weights,
-    free_port,
-    make_regen,
-    offline_argv,
-    run,
-    same_weights,
-    stream_stats,
-    train_argv,
-)
+from test_stream_support import SMALL, Server, make_regen, offline_matches, run, same_weights, stream_stats, train_argv
 from typer.testing import CliRunner
 
 from cli.main import app
+from dspark_data.engine.server import free_port, kwargs_to_flags
 from dspark_data.store import HiddenStateWriter, open_hidden
 from dspark_data.stream.auth import AuthConfigError, authorized, check_bind, is_loopback
-from dspark_data.stream.launch import ServeOptions, kwargs_to_flags
+from dspark_data.stream.launch import ServeOptions
 from dspark_data.stream.record import RecordError, check_matches, decode_record, encode_sample
 from dspark_data.stream.replay_cache import open_cache
 from dspark_train.data.sampler import epoch_batches
@@ -129,7 +118,7 @@ def test_schedule_owners_follow_the_sampler() -> None:
 def env(tmp_path_factory, tiny_random_target):
     root = tmp_path_factory.mktemp("stream")
     regen = make_regen(root / "regen", N)
-    server = Server(free_port(), fake=True, sets=SMALL, log=root / "server.log", extra=["--fake-delay-s", "0.02"])
+    server = Server(fake=True, sets=SMALL, log=root / "server.log", extra=["--fake-delay-s", "0.02"])
     server.start().wait_ready(120)
     yield {"root": root, "regen": regen, "server": server}
     server.stop()
@@ -140,7 +129,8 @@ def streamed(env) -> dict:
     """The reference run: 2 ranks (gloo) streaming with a cache; what the server served for it."""
     root, server = env["root"], env["server"]
     before = server.stats()["served_ids"]
-    argv = cli_train_argv(env["regen"], root / "streamed", [server.url], nproc=2, sets=SMALL, cache=root / "cache")
+    argv = train_argv(env["regen"], root / "streamed", [server.url], nproc=2, sets=SMALL, cache=root / "cache",
+                      cli=True)
     proc = run(argv)  # `dspark train --stream --nproc-per-node 2`, as the runbook says
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = server.stats()["served_ids"]
@@ -159,15 +149,13 @@ def test_two_ranks_stream_once_and_cache_reproduces(env, streamed) -> None:
     assert summary["steps"] > 0 and 0.0 <= summary["data_wait_frac"] < 1.0
     cache = open_cache(root / "cache")
     assert len(cache) == N and cache.duplicates == 0 and cache.manifest.complete
-    offline = run(offline_argv(root / "cache", root / "offline", nproc=2, sets=SMALL))
-    assert offline.returncode == 0, offline.stderr[-3000:]
-    assert same_weights(final_weights(root / "streamed"), final_weights(root / "offline"))
+    offline_matches(root / "streamed", root / "cache", nproc=2, sets=SMALL)
 
 
 def test_server_killed_and_restarted_mid_epoch(env, streamed, tmp_path) -> None:
     """SIGKILL the server while a 2-rank run streams, restart it: the run completes, nothing skipped or doubled."""
     server: Server = env["server"]
-    slow = Server(free_port(), fake=True, sets=SMALL, log=tmp_path / "slow.log", extra=["--fake-delay-s", "0.3"])
+    slow = Server(fake=True, sets=SMALL, log=tmp_path / "slow.log", extra=["--fake-delay-s", "0.3"])
     slow.start().wait_ready(120)
     argv = train_argv(env["regen"], tmp_path / "out", [slow.url], nproc=2, sets=SMALL, cache=tmp_path / "cache")
     trainer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -191,7 +179,7 @@ def test_server_killed_and_restarted_mid_epoch(env, streamed, tmp_path) -> None:
     cache = open_cache(tmp_path / "cache")
     assert len(cache) == N and cache.duplicates == 0
     # The fake states are deterministic: the interrupted run trained exactly like the uninterrupted one.
-    assert same_weights(final_weights(tmp_path / "out"), final_weights(streamed["out"]))
+    assert same_weights(tmp_path / "out", streamed["out"])
     assert server.proc is not None and server.proc.poll() is None
 
 
@@ -207,13 +195,13 @@ def test_trainer_resume_keeps_the_cache(env, tmp_path) -> None:
     resumed = run(train_argv(env["regen"], tmp_path / "cut", url, nproc=1, sets=sets, cache=tmp_path / "c2",
                              extra=["--resume"]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "cut"))
+    assert same_weights(tmp_path / "full", tmp_path / "cut")
     assert stream_stats(tmp_path / "cut")[0]["streamed"] < N  # the resumed run replayed the cache's samples
 
 
 def test_token_checked_on_every_route(tmp_path) -> None:
     token = "t" * 32
-    secured = Server(free_port(), fake=True, sets=SMALL, log=tmp_path / "tok.log",
+    secured = Server(fake=True, sets=SMALL, log=tmp_path / "tok.log",
                      extra=["--host", "0.0.0.0"], env={"DSPARK_STREAM_TOKEN": token})
     secured.start().wait_ready(120, headers={"Authorization": f"Bearer {token}"})
     try:

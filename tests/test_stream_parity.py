@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from test_stream_support import VLLM_ENV, VLLM_SETS, Server, free_port, make_regen, run
+from test_stream_support import VLLM_SETS, Server, make_regen, run
 
 from dspark_data.store import open_dataset, open_hidden
 from dspark_data.stream.client import StreamClient
@@ -28,12 +28,12 @@ def test_streamed_equals_dump_hidden(tmp_path, tiny_random_target) -> None:
             "--out", str(tmp_path / "hidden")]
     for item in VLLM_SETS:
         argv += ["--set", item]
-    dump = run(argv, timeout_s=600, env=VLLM_ENV)
+    dump = run(argv, timeout_s=600)
     assert dump.returncode == 0, dump.stderr[-3000:]
     dumped = open_hidden(tmp_path / "hidden", require_complete=True)
     assert len(dumped) == 24
 
-    server = Server(free_port(), fake=False, sets=VLLM_SETS, log=tmp_path / "server.log", env=VLLM_ENV)
+    server = Server(fake=False, sets=VLLM_SETS, log=tmp_path / "server.log")
     try:
         server.start().wait_ready(600)
         client = StreamClient([server.url], None, max_inflight=8)

@@ -19,10 +19,8 @@ from regen_schema import REGEN_SCHEMA
 from test_stream_support import (
     SMALL,
     Server,
-    final_weights,
-    free_port,
     make_regen,
-    offline_argv,
+    offline_matches,
     run,
     same_weights,
     stream_stats,
@@ -72,7 +70,7 @@ def env(tmp_path_factory, tiny_random_target):
     root = tmp_path_factory.mktemp("stream-parts")
     single = make_regen(root / "regen", N)
     parts = _regen_parts(single, root / "regen-parts", 2)
-    server = Server(free_port(), fake=True, sets=SMALL, log=root / "server.log")
+    server = Server(fake=True, sets=SMALL, log=root / "server.log")
     server.start().wait_ready(120)
     yield {"root": root, "single": single, "parts": parts, "server": server, "target": tiny_random_target}
     server.stop()
@@ -96,7 +94,7 @@ def test_stream_over_regen_parts_equals_the_single_dataset(env, over_parts) -> N
     a, b = _metrics(root / "over-single"), _metrics(over_parts)
     assert [r["step"] for r in a if r["kind"] == "val"] and any(r["kind"] == "train" for r in a)
     assert a == b  # the same train losses and validation figures, bit for bit
-    assert same_weights(final_weights(root / "over-single"), final_weights(over_parts))
+    assert same_weights(root / "over-single", over_parts)
     assert sorted(env["served_over_parts"]) == sorted(open_dataset(env["single"]).ids)  # both parts' conversations
 
 
@@ -145,10 +143,8 @@ def test_cache_seeded_by_dump_hidden_parts(env, over_parts, tmp_path) -> None:
     assert sorted(p.name for p in seed_dir.iterdir() if p.is_dir()) == [part_name(2, 0), part_name(2, 1), "rank-00000"]
     cache = open_cache(seed_dir)
     assert sorted(cache.ids) == sorted(everything) and cache.duplicates == 0
-    assert same_weights(final_weights(tmp_path / "seeded"), final_weights(over_parts))
-    offline = run(offline_argv(seed_dir, tmp_path / "offline", nproc=1, sets=SMALL))
-    assert offline.returncode == 0, offline.stderr[-3000:]
-    assert same_weights(final_weights(tmp_path / "seeded"), final_weights(tmp_path / "offline"))
+    assert same_weights(tmp_path / "seeded", over_parts)
+    offline_matches(tmp_path / "seeded", seed_dir, nproc=1, sets=SMALL)
     assert _metrics(tmp_path / "seeded") == _metrics(tmp_path / "offline")
 
     # Merge checks, before anything is written: a missing part, other settings.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 from regen_schema import REGEN_SCHEMA
 from safetensors.torch import load_file
 
+from dspark_data.engine.server import free_port
 from dspark_data.store import ShardWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,19 +63,16 @@ def make_regen(directory: Path, n: int, *, vocab: int = 2048, min_len: int = 24,
     return directory
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
-    """`dspark serve-target` in its own session; `kill()` takes down vLLM with it (SIGKILL to the group)."""
+    """`dspark serve-target` in its own session (on a free port unless `port` is given); `kill()` takes down
+    vLLM with it (SIGKILL to the group)."""
 
-    def __init__(self, port: int, *, fake: bool, sets: list[str], log: Path, env: dict[str, str] | None = None,
-                 extra: list[str] | None = None):
+    def __init__(self, *, fake: bool, sets: list[str], log: Path, env: dict[str, str] | None = None,
+                 extra: list[str] | None = None, port: int | None = None):
+        """`env`: extra environment of the server (default for a real vLLM: VLLM_ENV)."""
+        port = port or free_port()
         self.port, self.fake, self.sets, self.log, self.extra = port, fake, sets, log, extra or []
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, **(env if env is not None else {} if fake else VLLM_ENV)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
 
@@ -134,45 +131,39 @@ class Server:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
 
-def train_argv(regen: Path, out: Path, endpoints: list[str], *, nproc: int, sets: list[str],
-               cache: Path | None = None, extra: list[str] | None = None) -> list[str]:
-    """`python -m dspark_train --stream ...`, under torchrun when nproc > 1 (what `dspark train` launches)."""
+def _trainer(nproc: int) -> list[str]:
+    """`python -m dspark_train`, under torchrun when nproc > 1 (what `dspark train` launches)."""
     if nproc > 1:
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                 "-m", "dspark_train"]
+    return [sys.executable, "-m", "dspark_train"]
+
+
+def train_argv(regen: Path, out: Path, endpoints: list[str], *, nproc: int, sets: list[str],
+               cache: Path | None = None, extra: list[str] | None = None, cli: bool = False) -> list[str]:
+    """A streamed training run: `python -m dspark_train --stream ...` (`_trainer`), or with `cli` the documented
+    command, `dspark train --stream ... --nproc-per-node N` (it launches torchrun)."""
+    if cli:
+        argv = [sys.executable, "-m", "cli", "train", "--recipe", "tiny", "--data", str(regen), "--out", str(out),
+                "--stream", "--nproc-per-node", str(nproc)]
     else:
-        argv = [sys.executable, "-m", "dspark_train"]
-    argv += ["--recipe", "tiny", "--data", str(regen), "--out", str(out), "--no-progress", "--stream"]
-    for url in endpoints:
-        argv += ["--endpoint", url]
+        argv = [*_trainer(nproc), "--recipe", "tiny", "--data", str(regen), "--out", str(out), "--no-progress",
+                "--stream"]
+    argv += [a for url in endpoints for a in ("--endpoint", url)]
     if cache is not None:
         argv += ["--cache-dir", str(cache)]
-    for item in sets:
-        argv += ["--set", item]
-    return argv + (extra or [])
+    return argv + [a for item in sets for a in ("--set", item)] + (extra or [])
 
 
-def cli_train_argv(regen: Path, out: Path, endpoints: list[str], *, nproc: int, sets: list[str],
-                   cache: Path | None = None) -> list[str]:
-    """The documented command: `dspark train --stream ... --nproc-per-node N` (it launches torchrun)."""
-    argv = [sys.executable, "-m", "cli", "train", "--recipe", "tiny", "--data", str(regen), "--out", str(out),
-            "--stream", "--nproc-per-node", str(nproc)]
-    for url in endpoints:
-        argv += ["--endpoint", url]
-    if cache is not None:
-        argv += ["--cache-dir", str(cache)]
-    for item in sets:
-        argv += ["--set", item]
-    return argv
-
-
-def offline_argv(data: Path, out: Path, *, nproc: int, sets: list[str], extra: list[str] | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "dspark_train"] if nproc > 1 else [sys.executable, "-m", "dspark_train"]
-    argv += ["--recipe", "tiny", "--data", str(data), "--out", str(out), "--no-progress"]
-    for item in sets:
-        argv += ["--set", item]
-    return argv + (extra or [])
+def offline_matches(streamed: Path, data: Path, *, nproc: int, sets: list[str]) -> Path:
+    """Train offline on `data` (a streamed run's cache) into `offline` next to `streamed`; assert it succeeds and
+    ends with the streamed run's weights bit for bit. Returns its output directory."""
+    out = streamed.parent / "offline"
+    argv = [*_trainer(nproc), "--recipe", "tiny", "--data", str(data), "--out", str(out), "--no-progress"]
+    offline = run(argv + [a for item in sets for a in ("--set", item)])
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    assert same_weights(streamed, out)
+    return out
 
 
 def run(argv: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -180,13 +171,15 @@ def run(argv: list[str], timeout_s: float = 300.0, env: dict[str, str] | None = 
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout_s)
 
 
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
+def _final_weights(out: Path) -> dict[str, torch.Tensor]:
     ckpts = out / "checkpoints"
     return load_file(str(ckpts / (ckpts / "latest").read_text().strip() / "model.safetensors"))
 
 
-def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def same_weights(a: Path, b: Path) -> bool:
+    """Did the training runs in `a` and `b` end with bit-identical weights?"""
+    wa, wb = _final_weights(a), _final_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def stream_stats(out: Path) -> list[dict]:

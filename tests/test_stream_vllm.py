@@ -11,20 +11,7 @@ import subprocess
 import time
 
 import pytest
-from test_stream_support import (
-    SMALL,
-    VLLM_ENV,
-    VLLM_SETS,
-    Server,
-    final_weights,
-    free_port,
-    make_regen,
-    offline_argv,
-    run,
-    same_weights,
-    stream_stats,
-    train_argv,
-)
+from test_stream_support import SMALL, VLLM_SETS, Server, make_regen, offline_matches, run, stream_stats, train_argv
 
 from dspark_data.stream.replay_cache import open_cache
 
@@ -37,7 +24,7 @@ N = 32
 def real(tmp_path_factory, tiny_random_target):
     root = tmp_path_factory.mktemp("stream-vllm")
     regen = make_regen(root / "regen", N, seed=7)
-    server = Server(free_port(), fake=False, sets=VLLM_SETS, log=root / "server.log", env=VLLM_ENV)
+    server = Server(fake=False, sets=VLLM_SETS, log=root / "server.log")
     started = time.monotonic()
     server.start().wait_ready(600)
     print(f"vLLM server ready in {time.monotonic() - started:.0f}s")
@@ -59,9 +46,7 @@ def test_two_ranks_train_from_a_real_server(real) -> None:
     assert summary["steps"] > 0 and sum(s["streamed"] for s in stats) == N
     cache = open_cache(root / "cache")
     assert len(cache) == N and cache.duplicates == 0
-    offline = run(offline_argv(root / "cache", root / "offline", nproc=2, sets=SMALL))
-    assert offline.returncode == 0, offline.stderr[-3000:]
-    assert same_weights(final_weights(root / "streamed"), final_weights(root / "offline"))
+    offline_matches(root / "streamed", root / "cache", nproc=2, sets=SMALL)
 
 
 def test_server_killed_and_restarted_mid_epoch(real, tmp_path) -> None:
@@ -89,6 +74,4 @@ def test_server_killed_and_restarted_mid_epoch(real, tmp_path) -> None:
     assert sum(s["retries"] for s in stats) > 0 and len({sid for s in stats for sid in s["servers"]}) == 2
     cache = open_cache(tmp_path / "cache")
     assert len(cache) == N and cache.duplicates == 0  # every scheduled sample exactly once
-    offline = run(offline_argv(tmp_path / "cache", tmp_path / "offline", nproc=2, sets=slow))
-    assert offline.returncode == 0, offline.stderr[-3000:]
-    assert same_weights(final_weights(tmp_path / "out"), final_weights(tmp_path / "offline"))
+    offline_matches(tmp_path / "out", tmp_path / "cache", nproc=2, sets=slow)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from test_stream_support import SMALL, VLLM_ENV, VLLM_SETS, Server, free_port, make_regen, run, train_argv
+from test_stream_support import SMALL, VLLM_ENV, VLLM_SETS, Server, make_regen, run, train_argv
 
 from dspark_data.capture import EngineOptions, capture_all, plan_layers
 from dspark_data.capture.hf_backend import HfCapture
@@ -38,7 +38,7 @@ def dumped(tmp_path_factory, tiny_random_target):
     root = tmp_path_factory.mktemp("topk-vllm")
     regen = make_regen(root / "regen", N, seed=3)
     proc = run(_cli("dump-hidden", "--data", str(regen), "--out", str(root / "hidden"), sets=[*VLLM_SETS, *TOPK]),
-               timeout_s=900, env=VLLM_ENV)
+               timeout_s=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"root": root, "regen": regen, "hidden": root / "hidden"}
 
@@ -81,7 +81,7 @@ def test_dump_hidden_top_k_verifies_inspects_matches_transformers_and_trains(dum
 def test_streamed_top_k_equals_dump_hidden(dumped) -> None:
     """serve-target carries the top-K too: the cache a streamed run tees holds the dump's samples."""
     root = dumped["root"]
-    server = Server(free_port(), fake=False, sets=[*VLLM_SETS, *TOPK], log=root / "server.log", env=VLLM_ENV)
+    server = Server(fake=False, sets=[*VLLM_SETS, *TOPK], log=root / "server.log")
     try:
         server.start().wait_ready(600)
         proc = run(train_argv(dumped["regen"], root / "streamed", [server.url], nproc=1, sets=[*SMALL, *TOPK],

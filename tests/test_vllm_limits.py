@@ -23,7 +23,7 @@ from dspark_data.capture.vllm_limits import (
     parse_minor,
     table_range,
 )
-from dspark_data.vllm_env import omp_threads_bind
+from dspark_data.engine.cpu import omp_threads_bind
 
 GLM = ["GlmMoeDsaForCausalLM"]
 V32 = ["DeepseekV32ForCausalLM"]
@@ -124,7 +124,7 @@ def test_core_binding_lasts_one_engine_and_keeps_the_users(monkeypatch):
 
     import torch
 
-    from dspark_data.vllm_env import BIND_ENV, apply_cpu_defaults
+    from dspark_data.engine.cpu import BIND_ENV, apply_cpu_defaults
 
     if torch.cuda.is_available():
         pytest.skip("CPU-only defaults")
@@ -136,6 +136,26 @@ def test_core_binding_lasts_one_engine_and_keeps_the_users(monkeypatch):
     monkeypatch.setenv(BIND_ENV, "0")
     apply_cpu_defaults(2)
     assert os.environ[BIND_ENV] == "0"
+
+
+def test_regen_engine_and_its_server_get_the_same_workarounds_and_revision():
+    """Regen's engine arguments, served as flags (what the openai backend's `vllm serve` needs): on CPU eager and
+    no chunked prefill (seeded requests); a revision reaches the weights and the tokenizer, as in capture."""
+    import torch
+
+    from dspark_data.engine.server import kwargs_to_flags
+    from dspark_data.regen.backends.engine import engine_kwargs
+
+    flags = kwargs_to_flags(engine_kwargs("/t", max_model_len=512, seed=0))
+    assert flags[:2] == ["--model", "/t"] and "--revision" not in flags and "--tokenizer-revision" not in flags
+    if not torch.cuda.is_available():
+        assert {"--enforce-eager", "--no-enable-chunked-prefill"} <= set(flags)
+        assert flags[flags.index("--max-num-batched-tokens") + 1] == "4096"
+        assert "--gpu-memory-utilization" not in flags  # vLLM's own default on CPU, as before
+    pinned = kwargs_to_flags(engine_kwargs("/t", revision="abc123", max_model_len=8192))
+    assert pinned[pinned.index("--revision") + 1] == pinned[pinned.index("--tokenizer-revision") + 1] == "abc123"
+    if not torch.cuda.is_available():
+        assert pinned[pinned.index("--max-num-batched-tokens") + 1] == "8192"
 
 
 def test_layout_fields_reach_every_engine_start(tmp_path, tiny_random_target):

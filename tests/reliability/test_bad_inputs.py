@@ -289,13 +289,10 @@ def test_prompt_corpus_rows_are_counted_never_fatal(ctx, vllm_server, tmp_path, 
 def test_regen_with_every_request_failing_exits_nonzero(tiny_random_target, tmp_path: Path) -> None:
     """A dead endpoint: every prompt fails, and `dspark regen` says so with exit 1 (not a silent 0), naming
     the reason and errors.jsonl; the errors are recorded, so nothing is lost and a rerun says the same."""
-    import socket
-
+    from dspark_data.engine.server import free_port
     from reliability.data import write_prompts
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     sets = [*regen_sets(tiny_random_target, write_prompts(tmp_path / "prompts.jsonl", 4), dead),
             "regen.max_retries=0", "regen.timeout_s=5"]
     out = tmp_path / "regen"

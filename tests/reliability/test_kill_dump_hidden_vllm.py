@@ -82,7 +82,7 @@ def _descendants(proc: psutil.Process, seen: dict[int, float]) -> None:
 
 
 def _carrying_token(client_pid: int) -> list[psutil.Process]:
-    """Processes still holding the reaper token of `client_pid` (dspark_data.engine_reaper)."""
+    """Processes still holding the reaper token of `client_pid` (dspark_data.engine.reaper)."""
     found = []
     for proc in psutil.process_iter():
         try:

