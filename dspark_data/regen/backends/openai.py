@@ -35,6 +35,9 @@ from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+# An endpoint refusing connections: paused 1 s, doubling per further refusal up to a minute; an answer clears it.
+# No jitter: the pause only decides when this endpoint's own workers try again.
+REFUSED_PAUSE = Backoff(1.0, 60.0, jitter=False)
 
 
 class _Retryable(Exception):
@@ -75,15 +78,15 @@ class OpenAIBackend:
         timeout_s: float,
         max_retries: int,
         model: str | None = None,  # None: the first model each server lists
-        backoff_base_s: float = 0.5, backoff_max_s: float = 30.0,  # between the tries of one request
-        cooldown_s: float = 1.0, cooldown_max_s: float = 60.0,  # the pause of an endpoint refusing connections
+        backoff_base_s: float = 0.5,  # between the tries of one request, doubling up to backoff_max_s
+        backoff_max_s: float = 30.0,
+        cooldown: Backoff = REFUSED_PAUSE,
     ):
         if not endpoints:
             raise ValueError("the openai backend needs at least one --endpoint URL (a running `vllm serve`)")
         self.concurrency, self.timeout_s, self.max_retries = concurrency, timeout_s, max_retries
         self.backoff = Backoff(backoff_base_s, backoff_max_s)
-        # paused cooldown_s after a refusal, doubling per further refusal up to cooldown_max_s; cleared by an answer
-        self.pool = EndpointPool(endpoints, Backoff(cooldown_s, cooldown_max_s, jitter=False))
+        self.pool = EndpointPool(endpoints, cooldown)
         self.model = model
         self.stats = {"requests": 0, "retries": 0, "failures": 0}
         self._results: queue.Queue[TurnResult | TurnFailure] = queue.Queue()
