@@ -17,7 +17,6 @@ Why these rules:
 from __future__ import annotations
 
 import json
-import random
 import sys
 import threading
 import time
@@ -28,6 +27,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from dspark_data.http.endpoints import Endpoint, EndpointPool
+from dspark_data.http.retry import Backoff
+from dspark_data.http.urls import api_url
 from dspark_data.stream.auth import auth_headers
 from dspark_data.stream.record import RecordError, StreamedRecord, check_matches, decode_record
 from schemas.stream import STREAM_SCHEMA_VERSION, StreamErrorBody, StreamInfo
@@ -51,18 +53,15 @@ class ServerMismatch(StreamError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """The stream's retry tuning: the backoff between tries (also an endpoint's pause) and the per-sample deadline."""
+
     initial_s: float = 0.5
     max_backoff_s: float = 20.0
     deadline_s: float = 3600.0  # per sample: long enough for a large target to reload after a crash
 
-
-@dataclass
-class _Endpoint:
-    url: str
-    inflight: int = 0
-    down_until: float = 0.0
-    failures: int = 0
-    checked_id: str | None = None  # server_id whose info was checked; None: check before next use
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.initial_s, self.max_backoff_s)
 
 
 @dataclass
@@ -98,9 +97,11 @@ class StreamClient:
     ):
         if not endpoints:
             raise StreamError("no stream endpoint given: pass --endpoint http://HOST:PORT (repeatable)")
-        self.endpoints = [_Endpoint(u.rstrip("/")) for u in endpoints]
-        self.expect = expect  # StreamInfo.capture_fields() the servers must match (None: first server's)
         self.retry = retry or RetryPolicy()
+        self.pool = EndpointPool(endpoints, self.retry.backoff)
+        # server_id whose /v1/info was checked on each endpoint; None: check before its next request
+        self._checked: dict[Endpoint, str | None] = dict.fromkeys(self.pool.endpoints)
+        self.expect = expect  # StreamInfo.capture_fields() the servers must match (None: first server's)
         self.stats = ClientStats()
         self._log = log
         self._lock = threading.Lock()
@@ -119,7 +120,7 @@ class StreamClient:
         deadline = time.monotonic() + self.retry.deadline_s
         attempt = 0
         while True:
-            for ep in self.endpoints:
+            for ep in self.pool.endpoints:
                 try:
                     return self._check(ep)
                 except httpx.HTTPError as exc:
@@ -127,8 +128,8 @@ class StreamClient:
             attempt += 1
             if time.monotonic() > deadline:
                 raise StreamError(f"no stream server answered within {self.retry.deadline_s:.0f}s: "
-                                  f"{[e.url for e in self.endpoints]}; start them with `dspark serve-target`")
-            time.sleep(self._backoff(attempt))
+                                  f"{self.pool.urls}; start them with `dspark serve-target`")
+            time.sleep(self.retry.backoff.delay(attempt))
 
     def fetch(self, sample_id: str, input_ids: np.ndarray, loss_mask: np.ndarray) -> StreamedRecord:
         """The sample's record from some server; retried until it arrives or the deadline passes."""
@@ -162,23 +163,22 @@ class StreamClient:
         deadline = time.monotonic() + self.retry.deadline_s
         attempt = 0
         while True:
-            ep = self._pick()
+            ep = self.pool.acquire()  # the least-loaded endpoint that is up
             if ep is None:  # every endpoint is backing off
                 attempt += 1
-                wait = min(e.down_until for e in self.endpoints) - time.monotonic()
+                wait = self.pool.next_up_in()
                 self._deadline_check(deadline, sample_id)
                 time.sleep(max(0.05, wait))
                 continue
             try:
-                if ep.checked_id is None:
+                if self._checked[ep] is None:
                     self._check(ep)
-                resp = self._http.post(f"{ep.url}/v1/hidden", content=body)
+                resp = self._http.post(api_url(ep.url, "/v1/hidden"), content=body)
             except httpx.HTTPError as exc:
                 self._mark_down(ep, f"{type(exc).__name__}: {exc}")
                 resp = None
             finally:
-                with self._lock:
-                    ep.inflight -= 1
+                self.pool.release(ep)
             if resp is not None:
                 with self._lock:
                     self.stats.requests += 1
@@ -203,20 +203,8 @@ class StreamClient:
                 self.stats.retries += 1
             self._deadline_check(deadline, sample_id)
 
-    def _pick(self) -> _Endpoint | None:
-        """The up endpoint with the fewest requests out (ties: random), reserving a request on it."""
-        now = time.monotonic()
-        with self._lock:
-            up = [e for e in self.endpoints if e.down_until <= now]
-            if not up:
-                return None
-            low = min(e.inflight for e in up)
-            ep = random.choice([e for e in up if e.inflight == low])
-            ep.inflight += 1
-            return ep
-
-    def _check(self, ep: _Endpoint) -> StreamInfo:
-        resp = self._http.get(f"{ep.url}/v1/info")
+    def _check(self, ep: Endpoint) -> StreamInfo:
+        resp = self._http.get(api_url(ep.url, "/v1/info"))
         if resp.status_code == 401:
             raise StreamError(f"{ep.url} refused the token (401): set the same DSPARK_STREAM_TOKEN on both sides")
         resp.raise_for_status()
@@ -233,35 +221,26 @@ class StreamClient:
             if info.server_id not in self.stats.server_ids and self.stats.server_ids:
                 self._log(f"[stream] {ep.url}: new server {info.server_id} (restarted); resuming requests")
             self.stats.server_ids.add(info.server_id)
-            ep.checked_id = info.server_id
+            self._checked[ep] = info.server_id
             self.info = self.info or info
         return info
 
-    def _mark_down(self, ep: _Endpoint, why: str, quiet: bool = False) -> None:
-        with self._lock:
-            ep.failures += 1
-            ep.checked_id = None if not quiet else ep.checked_id
-            backoff = self._backoff(ep.failures)
-            ep.down_until = time.monotonic() + backoff
-            first = ep.failures == 1
-        if first and not quiet:
+    def _mark_down(self, ep: Endpoint, why: str, quiet: bool = False) -> None:
+        """Pause `ep`; unless `quiet` (it is up but busy) it may have restarted, so check its info again."""
+        if not quiet:
+            with self._lock:
+                self._checked[ep] = None
+        if self.pool.mark_down(ep) == 1 and not quiet:
             self._log(f"[stream] {ep.url} unavailable ({why[:200]}); retrying with backoff")
 
-    def _mark_up(self, ep: _Endpoint) -> None:
-        with self._lock:
-            was_down = ep.failures > 0
-            ep.failures, ep.down_until = 0, 0.0
-        if was_down:
+    def _mark_up(self, ep: Endpoint) -> None:
+        if self.pool.mark_up(ep):
             self._log(f"[stream] {ep.url} answering again")
-
-    def _backoff(self, attempt: int) -> float:
-        base = min(self.retry.max_backoff_s, self.retry.initial_s * 2 ** min(attempt - 1, 16))
-        return base * random.uniform(0.5, 1.0)
 
     def _deadline_check(self, deadline: float, sample_id: str) -> None:
         if time.monotonic() > deadline:
             raise StreamError(f"sample {sample_id!r}: no server delivered it within {self.retry.deadline_s:.0f}s "
-                              f"({[e.url for e in self.endpoints]})")
+                              f"({self.pool.urls})")
 
 
 def _error_body(resp: httpx.Response) -> StreamErrorBody:

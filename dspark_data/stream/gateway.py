@@ -39,6 +39,7 @@ from dspark_data.capture.layers import LayerMismatch, LayerPlan
 from dspark_data.capture.logprobs import LogprobsError, from_position_dicts
 from dspark_data.capture.spool import SpoolError, take_record
 from dspark_data.capture.validate import check_capture
+from dspark_data.http.urls import api_url
 from dspark_data.stream.auth import authorized
 from dspark_data.stream.record import encode_sample
 from schemas.stream import ARROW_STREAM_MEDIA_TYPE, StreamErrorBody, StreamInfo, StreamRequest
@@ -218,7 +219,7 @@ class Gateway:
             **({"prompt_logprobs": self.cfg.info.topk_logprobs} if self.cfg.info.topk_logprobs else {}),
         }
         try:
-            async with self.session().post(f"{self.cfg.upstream}/v1/completions", json=body) as resp:
+            async with self.session().post(api_url(self.cfg.upstream, "/v1/completions"), json=body) as resp:
                 text = await resp.text()
                 if resp.status >= 500 or resp.status == 429:
                     raise GatewayError(503, "upstream", f"vLLM answered {resp.status}: {text[:300]}", retry=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from dspark_data.http.urls import api_url
 from dspark_train.eval.acceptance import AcceptanceCounts
 
 DRAFTS = "vllm:spec_decode_num_drafts_total"
@@ -95,20 +96,15 @@ class ServerRun:
     seconds: float
 
 
-def _base(url: str) -> str:
-    url = url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
-
-
 def served_model(url: str, timeout: float = 30.0) -> str:
     """The first model id the server lists (what requests must name)."""
-    resp = httpx.get(f"{_base(url)}/v1/models", timeout=timeout)
+    resp = httpx.get(api_url(url, "/v1/models"), timeout=timeout)
     resp.raise_for_status()
     return resp.json()["data"][0]["id"]
 
 
 def fetch_counts(url: str, timeout: float = 30.0) -> AcceptanceCounts:
-    resp = httpx.get(f"{_base(url)}/metrics", timeout=timeout)
+    resp = httpx.get(api_url(url, "/metrics"), timeout=timeout)
     resp.raise_for_status()
     return spec_counts(resp.text)
 
@@ -139,6 +135,7 @@ async def _send_all(
 ) -> tuple[int, int]:
     """Send every conversation as one chat request; returns (failed requests, completion tokens)."""
     sem = asyncio.Semaphore(concurrency)
+    chat = api_url(url, "/v1/chat/completions")
     failed = tokens = 0
 
     async def one(client: httpx.AsyncClient, i: int, messages: list[dict[str, Any]]) -> None:
@@ -154,7 +151,7 @@ async def _send_all(
             body["seed"] = seed + i
         async with sem:
             try:
-                resp = await client.post(f"{_base(url)}/v1/chat/completions", json=body, timeout=timeout)
+                resp = await client.post(chat, json=body, timeout=timeout)
                 resp.raise_for_status()
                 tokens += int(resp.json().get("usage", {}).get("completion_tokens", 0))
             except (httpx.HTTPError, ValueError):

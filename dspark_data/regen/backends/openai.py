@@ -7,11 +7,11 @@ Design:
   which spreads load by capacity rather than round-robin.
 - Failures: connection errors, timeouts, 5xx and 429 are retried with exponential backoff (429 honours
   `Retry-After`), re-queued so any endpoint may take the retry. An endpoint that refuses connections is
-  paused (doubling cool-down, then probed again) so its workers stop draining the queue into failures,
-  and a request that never reached a server is handed to a live endpoint without spending a retry
-  (retries are spent only when every endpoint is down). Other 4xx and malformed answers are not
-  retried. A request that exhausts
-  its retries becomes a `TurnFailure` (the sample goes to the errors file).
+  paused (doubling cool-down, then probed again: the shared `dspark_data.http` pool) so its workers
+  stop draining the queue into failures, and a request that never reached a server is handed to a live
+  endpoint without spending a retry (retries are spent only when every endpoint is down). Other 4xx and
+  malformed answers are not retried. A request that exhausts its retries becomes a `TurnFailure` (the
+  sample goes to the errors file).
 - Token ids come from the server (`return_token_ids: true`): prompt ids at top level
   (`prompt_token_ids`), generated ids in `choices[0].token_ids` (vLLM's ChatCompletionResponse).
 """
@@ -21,18 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import random
 import threading
 import time
 from typing import Any
 
 import httpx
 
+from dspark_data.http.endpoints import Endpoint, EndpointPool
+from dspark_data.http.retry import Backoff, retry_after_s
+from dspark_data.http.urls import api_url
 from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+# An endpoint refusing connections: paused 1 s, doubling per further refusal up to a minute; an answer clears it.
+# No jitter: the pause only decides when this endpoint's own workers try again.
+REFUSED_PAUSE = Backoff(1.0, 60.0, jitter=False)
 
 
 class _Retryable(Exception):
@@ -45,18 +50,6 @@ class _Permanent(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
-
-
-def chat_url(endpoint: str) -> str:
-    """`http://host:8000` or `http://host:8000/v1` -> the chat completions URL."""
-    base = endpoint.rstrip("/")
-    if not base.endswith("/v1"):
-        base += "/v1"
-    return base + "/chat/completions"
-
-
-def models_url(endpoint: str) -> str:
-    return chat_url(endpoint).rsplit("/chat/completions", 1)[0] + "/models"
 
 
 def parse_response(data: Any, req: TurnRequest) -> TurnResult:
@@ -81,28 +74,24 @@ class OpenAIBackend:
         self,
         endpoints: list[str],
         *,
-        concurrency: int = 64,
-        timeout_s: float = 600.0,
-        max_retries: int = 5,
-        backoff_base_s: float = 0.5,
+        concurrency: int,  # these three come from the recipe's regen section, which holds their defaults
+        timeout_s: float,
+        max_retries: int,
+        model: str | None = None,  # None: the first model each server lists
+        backoff_base_s: float = 0.5,  # between the tries of one request, doubling up to backoff_max_s
         backoff_max_s: float = 30.0,
-        cooldown_s: float = 1.0,
-        cooldown_max_s: float = 60.0,
-        model: str | None = None,
+        cooldown: Backoff = REFUSED_PAUSE,
     ):
         if not endpoints:
             raise ValueError("the openai backend needs at least one --endpoint URL (a running `vllm serve`)")
-        self.endpoints = list(endpoints)
         self.concurrency, self.timeout_s, self.max_retries = concurrency, timeout_s, max_retries
-        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-        self.cooldown_s, self.cooldown_max_s = cooldown_s, cooldown_max_s
+        self.backoff = Backoff(backoff_base_s, backoff_max_s)
+        self.pool = EndpointPool(endpoints, cooldown)
         self.model = model
         self.stats = {"requests": 0, "retries": 0, "failures": 0}
         self._results: queue.Queue[TurnResult | TurnFailure] = queue.Queue()
         self._in_flight = 0
         self._models: dict[str, str] = {}
-        self._down_until: dict[str, float] = dict.fromkeys(self.endpoints, 0.0)
-        self._cooldown: dict[str, float] = dict.fromkeys(self.endpoints, 0.0)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="regen-openai", daemon=True)
         self._thread.start()
@@ -144,13 +133,13 @@ class OpenAIBackend:
         self._queue: asyncio.Queue[tuple[TurnRequest, int]] = asyncio.Queue()
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         self._clients = {
-            ep: httpx.AsyncClient(
+            url: httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_s, connect=min(30.0, self.timeout_s)), limits=limits
             )
-            for ep in self.endpoints
+            for url in self.pool.urls
         }
         self._workers = [
-            asyncio.create_task(self._worker(ep)) for ep in self.endpoints for _ in range(self.concurrency)
+            asyncio.create_task(self._worker(ep)) for ep in self.pool.endpoints for _ in range(self.concurrency)
         ]
 
     async def _stop(self) -> None:
@@ -164,20 +153,20 @@ class OpenAIBackend:
         for req in requests:
             self._queue.put_nowait((req, 0))
 
-    async def _worker(self, endpoint: str) -> None:
+    async def _worker(self, endpoint: Endpoint) -> None:
         while True:
-            wait = self._down_until[endpoint] - time.monotonic()
+            wait = endpoint.down_until - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
             req, attempt = await self._queue.get()
             try:
-                result: TurnResult | TurnFailure = await self._post(endpoint, req)
-                self._cooldown[endpoint] = 0.0
+                result: TurnResult | TurnFailure = await self._post(endpoint.url, req)
+                self.pool.mark_up(endpoint)
             except _Retryable as err:
                 if err.endpoint_down:
-                    self._mark_down(endpoint)
-                    if self._any_up():  # never reached a server: give it to a live endpoint, free of charge
+                    self.pool.mark_down(endpoint)
+                    if self.pool.any_up():  # never reached a server: give it to a live endpoint, free of charge
                         self._queue.put_nowait((req, attempt))
                         continue
                 if attempt >= self.max_retries:
@@ -185,7 +174,7 @@ class OpenAIBackend:
                     result = TurnFailure(req.sample_id, req.turn, err.reason, f"{err.detail} ({attempt + 1} attempts)")
                 else:
                     self.stats["retries"] += 1
-                    delay = err.delay if err.delay is not None else self._backoff(attempt)
+                    delay = err.delay if err.delay is not None else self.backoff.delay(attempt + 1)
                     self._loop.call_later(delay, self._queue.put_nowait, (req, attempt + 1))
                     continue
             except _Permanent as err:
@@ -196,28 +185,16 @@ class OpenAIBackend:
                 result = TurnFailure(req.sample_id, req.turn, "client_error", f"{type(exc).__name__}: {exc}")
             self._results.put(result)
 
-    def _backoff(self, attempt: int) -> float:
-        base = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
-        return base * (0.5 + random.random() / 2)  # jitter: retries of a burst do not arrive together
-
-    def _mark_down(self, endpoint: str) -> None:
-        cool = min(self.cooldown_max_s, max(self.cooldown_s, 2 * self._cooldown[endpoint]))
-        self._cooldown[endpoint] = cool
-        self._down_until[endpoint] = max(self._down_until[endpoint], time.monotonic() + cool)
-
-    def _any_up(self) -> bool:
-        now = time.monotonic()
-        return any(until <= now for until in self._down_until.values())
-
     async def _model_name(self, endpoint: str) -> str:
         if self.model is not None:
             return self.model
         if endpoint not in self._models:
-            resp = await self._send(endpoint, "GET", models_url(endpoint))
+            url = api_url(endpoint, "/v1/models")
+            resp = await self._send(endpoint, "GET", url)
             try:
                 self._models[endpoint] = resp.json()["data"][0]["id"]
             except (ValueError, KeyError, IndexError, TypeError):
-                raise _Permanent("bad_response", f"{models_url(endpoint)} did not list a model") from None
+                raise _Permanent("bad_response", f"{url} did not list a model") from None
         return self._models[endpoint]
 
     async def _send(self, endpoint: str, method: str, url: str, body: dict[str, Any] | None = None) -> httpx.Response:
@@ -233,10 +210,7 @@ class OpenAIBackend:
         if resp.status_code in RETRY_STATUS:
             delay = None
             if resp.status_code == 429:
-                try:
-                    delay = min(self.backoff_max_s, float(resp.headers.get("retry-after", "")))
-                except ValueError:
-                    delay = None
+                delay = retry_after_s(resp.headers.get("retry-after"), self.backoff.max_s)
             raise _Retryable(f"http_{resp.status_code}", f"{url}: HTTP {resp.status_code}: {resp.text[:200]}", delay)
         if resp.status_code >= 400:
             raise _Permanent(f"http_{resp.status_code}", f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
@@ -252,9 +226,10 @@ class OpenAIBackend:
             "stream": False,
             "return_token_ids": True,
         }
-        resp = await self._send(endpoint, "POST", chat_url(endpoint), body)
+        url = api_url(endpoint, "/v1/chat/completions")
+        resp = await self._send(endpoint, "POST", url, body)
         try:
             data = resp.json()
         except ValueError:
-            raise _Retryable("bad_response", f"{chat_url(endpoint)}: body is not JSON: {resp.text[:200]}") from None
+            raise _Retryable("bad_response", f"{url}: body is not JSON: {resp.text[:200]}") from None
         return parse_response(data, req)
