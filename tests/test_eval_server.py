@@ -136,7 +136,8 @@ def test_markdown_table_has_seed_card_shape():
 def test_measure_server_reads_deltas_and_sends_chat_turns():
     convs = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
     with FakeVllm(expected_requests=len(convs)) as fake:
-        run = measure_server(fake.url, convs, max_tokens=16, temperature=0.0, top_p=1.0, concurrency=2, seed=3)
+        run = measure_server(fake.url, convs, max_tokens=16, temperature=0.0, top_p=1.0, concurrency=2,
+                             timeout=60.0, seed=3)
     assert run.counts == EXPECTED and run.num_failed == 0 and run.completion_tokens == 35
     assert sorted(b["messages"][0]["content"] for b in fake.bodies) == [f"question {i}" for i in range(5)]
     assert all(b["model"] == "tiny" and b["max_tokens"] == 16 and b["temperature"] == 0.0 for b in fake.bodies)

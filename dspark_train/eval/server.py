@@ -166,15 +166,16 @@ def measure_server(
     url: str,
     conversations: list[list[dict[str, Any]]],
     *,
-    max_tokens: int = 1024,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    concurrency: int = 16,
-    timeout: float = 600.0,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    concurrency: int,
+    timeout: float,
     model: str | None = None,
     seed: int | None = None,
 ) -> ServerRun:
-    """Run one prompt set against a live server and return its counter deltas.
+    """Run one prompt set against a live server and return its counter deltas. The generation knobs have
+    no defaults here: live eval passes the recipe's (`schemas.recipe`), so no second default can disagree.
 
     The metrics page is read after every response has arrived, until two reads agree: vLLM records
     an engine step's counters right after it queues that step's outputs, so the last step of the last
