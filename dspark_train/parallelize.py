@@ -65,7 +65,7 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def parallelize(model: nn.Module, info: DistInfo, *, fsdp: bool = False) -> nn.Module:
+def parallelize(model: nn.Module, info: DistInfo, *, fsdp: bool) -> nn.Module:
     """Return the module the training step calls (the model itself, DDP- or FSDP2-wrapped)."""
     if fsdp:
         from torch.distributed.device_mesh import init_device_mesh

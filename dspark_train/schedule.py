@@ -13,14 +13,18 @@ from typing import Literal
 
 import torch
 
+from schemas.recipe import TrainConfig
+
+_TRAIN = TrainConfig()  # the recipe's schedule defaults, for a ScheduleConfig built by hand
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     lr: float
     total_steps: int
     warmup_steps: int = 0
-    kind: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = 0.0
+    kind: Literal["cosine", "linear", "constant"] = _TRAIN.schedule
+    min_lr_ratio: float = _TRAIN.min_lr_ratio
 
     @classmethod
     def from_train(cls, train, total_steps: int) -> ScheduleConfig:

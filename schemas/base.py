@@ -18,6 +18,12 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
+    @classmethod
+    def default_of(cls, name: str) -> Any:
+        """The default of field `name`: code outside `schemas/` that needs one (a library call made without a
+        recipe) takes it from here instead of restating it, so the two cannot disagree."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
 
 def canonical_json(obj: Any) -> str:
     """Serialise to JSON with sorted keys and no whitespace: the input of every fingerprint."""

@@ -19,6 +19,7 @@ import torch
 
 from dspark_data.capture.layers import CaptureConfigError, LayerPlan
 from dspark_data.store.topk import TopK
+from schemas.recipe import CaptureConfig, TargetConfig
 
 if TYPE_CHECKING:
     from schemas.recipe import Recipe
@@ -49,21 +50,25 @@ def capture_all(backend: CaptureBackend, seqs: Sequence[Sequence[int]]) -> list[
     return [got[str(i)] for i in range(len(seqs))]
 
 
+_TARGET = TargetConfig()  # the recipe's defaults, for options built by hand (tests)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    """Engine settings taken from the recipe's `target` section (kept flat so tests can build one)."""
+    """Engine settings taken from the recipe's `target` section (kept flat so tests can build one); a field
+    left out takes the recipe's default."""
 
-    dtype: str = "bfloat16"
+    dtype: str = _TARGET.dtype
     revision: str | None = None  # hub revision of the target (recipe target.revision); None: the default branch
     max_model_len: int = 4096
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1  # > 1: vllm serve only (vLLM's in-process LLM refuses it)
-    enable_expert_parallel: bool = False
-    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = _TARGET.tensor_parallel_size
+    data_parallel_size: int = _TARGET.data_parallel_size  # > 1: vllm serve only (vLLM's in-process LLM refuses it)
+    enable_expert_parallel: bool = _TARGET.enable_expert_parallel
+    gpu_memory_utilization: float = _TARGET.gpu_memory_utilization
     enforce_eager: bool | None = None  # None: eager on CPU (compiling costs minutes), compiled elsewhere
-    batch_size: int = 64  # most requests in flight (vllm; hf runs one sequence per forward)
+    batch_size: int = CaptureConfig.default_of("batch_size")  # requests in flight (vllm; hf: one per forward)
     in_flight_bytes: int = 4 << 30  # cap on captured-but-unread states (spool + host memory), vllm only
-    topk_logprobs: int = 0  # also return the target's top-K next-token log-probs per position (0: off)
+    topk_logprobs: int = CaptureConfig.default_of("topk_logprobs")  # also the target's top-K log-probs (0: off)
 
 
 def engine_options(recipe: Recipe, **overrides: Any) -> EngineOptions:

@@ -34,6 +34,7 @@ from dspark_data.store.manifest import StoreError
 from dspark_data.store.reader import ShardDataset, open_dataset
 from dspark_data.store.topk import TopK
 from dspark_data.store.writer import CloseOnSuccess, ShardWriter
+from schemas.recipe import CaptureConfig
 from schemas.store import HIDDEN_ARROW_SCHEMA, HIDDEN_TOPK_ARROW_SCHEMA, TOPK_COLUMN, Manifest
 
 KIND_HIDDEN = "hidden"
@@ -111,7 +112,7 @@ class HiddenStateWriter(CloseOnSuccess):
         seq_len: int,
         target_revision: str | None = None,
         regen_fingerprint: str | None = None,
-        zstd_level: int = 1,
+        zstd_level: int = CaptureConfig.default_of("zstd_level"),
         extra_fingerprint: dict[str, Any] | None = None,
         producer_config: dict[str, Any] | None = None,
         shard_bytes: int = 1 << 30,

@@ -24,6 +24,7 @@ from dspark_data.store import HiddenSample, codecs
 from dspark_data.store import topk as topk_codec
 from dspark_data.store.hidden import encode_payloads, hidden_row, hidden_schema
 from dspark_data.store.topk import TopK
+from schemas.recipe import CaptureConfig
 from schemas.store import TOPK_COLUMN
 from schemas.stream import META_CODEC, META_FORMAT, META_HIDDEN_SIZE, META_LAYER_IDS, META_TOPK, STREAM_FORMAT
 
@@ -40,7 +41,7 @@ def encode_sample(
     *,
     codec: str,
     layer_ids: Sequence[int],
-    zstd_level: int = 1,
+    zstd_level: int = CaptureConfig.default_of("zstd_level"),
     topk: TopK | None = None,
 ) -> bytes:
     """bf16 states [T, L, H] (and the top-K, when the server stores one) -> the wire bytes (the store's row)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from dspark_data.mismatch import DataMismatch
 from dspark_train.data.hidden_source import HiddenSource
+from schemas.recipe import CaptureConfig
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def layer_slots(
     num_target_layers: int,
     where: str,
     *,
-    include_last_layer: bool = True,
+    include_last_layer: bool = CaptureConfig.default_of("include_last_layer"),
     topk: int = 0,
     stored_topk: int = 0,
 ) -> LayerSlots:

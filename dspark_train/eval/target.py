@@ -29,7 +29,7 @@ class HfTarget:
     """A causal LM with a KV cache that `forward` extends and `truncate` rolls back."""
 
     def __init__(
-        self, path: str, aux_layer_ids: list[int], dtype: str = "bfloat16", device: str = "cpu",
+        self, path: str, aux_layer_ids: list[int], dtype: str, device: str = "cpu",
         revision: str | None = None,
     ) -> None:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype], revision=revision)
