@@ -31,7 +31,7 @@ from dspark_data.capture.backend import EngineOptions, capture_all
 from dspark_data.capture.layers import plan_layers
 from dspark_data.targets import load_target_info
 from dspark_data.targets.weights import load_target_head, target_logits
-from schemas.recipe import Recipe
+from schemas.recipe import Recipe, TargetConfig
 
 
 @dataclass
@@ -47,12 +47,12 @@ class VllmEvalTarget:
         self,
         path: str,
         aux_layer_ids: list[int],
-        dtype: str = "bfloat16",
+        dtype: str,
         revision: str | None = None,
         *,
         max_model_len: int = 4096,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = TargetConfig.default_of("tensor_parallel_size"),
+        gpu_memory_utilization: float = TargetConfig.default_of("gpu_memory_utilization"),
     ) -> None:
         from dspark_data.capture.vllm_backend import VllmCapture
 

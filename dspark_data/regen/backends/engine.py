@@ -17,6 +17,9 @@ from typing import Any
 
 from dspark_data.engine.llm import StartedLLM, start_llm
 from dspark_data.regen.conversation import TurnFailure, TurnRequest, TurnResult
+from schemas.recipe import Recipe, TargetConfig
+
+_TARGET = TargetConfig()  # the recipe's defaults, for an engine started without a recipe (tests, bench)
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,12 @@ def engine_kwargs(
     target_path: str,
     *,
     revision: str | None = None,
-    dtype: str = "bfloat16",
-    tensor_parallel_size: int = 1,
-    enable_expert_parallel: bool = False,
-    max_model_len: int | None = None,
-    gpu_memory_utilization: float = 0.9,
-    seed: int = 0,
+    dtype: str = _TARGET.dtype,
+    tensor_parallel_size: int = _TARGET.tensor_parallel_size,
+    enable_expert_parallel: bool = _TARGET.enable_expert_parallel,
+    max_model_len: int | None = _TARGET.max_model_len,
+    gpu_memory_utilization: float = _TARGET.gpu_memory_utilization,
+    seed: int = Recipe.default_of("seed"),
     enforce_eager: bool | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
@@ -58,7 +61,9 @@ def engine_kwargs(
     return kwargs
 
 
-def start_engine(target_path: str, *, data_parallel_size: int = 1, **options: Any) -> StartedLLM:
+def start_engine(
+    target_path: str, *, data_parallel_size: int = _TARGET.data_parallel_size, **options: Any
+) -> StartedLLM:
     """Start regen's `vllm.LLM` on the target (`options`: `engine_kwargs`), with the CPU defaults and a reaper
     (`engine.llm.start_llm`); `.llm` is the engine, `.shutdown()` stops it. Data parallel is refused up front."""
     from dspark_data.capture.vllm_limits import check_in_process_layout
