@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from dspark_train.eval.acceptance import AcceptanceCounts, markdown_table
-from dspark_train.eval.server import counts_delta, measure_server, parse_prometheus, spec_counts
+from dspark_train.eval.server import ChatRequests, counts_delta, measure_server, parse_prometheus, spec_counts
 
 
 def metrics_page(drafts: tuple[int, int], per_pos: tuple[list[int], list[int]], draft_tokens: tuple[int, int]) -> str:
@@ -136,8 +136,8 @@ def test_markdown_table_has_seed_card_shape():
 def test_measure_server_reads_deltas_and_sends_chat_turns():
     convs = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
     with FakeVllm(expected_requests=len(convs)) as fake:
-        run = measure_server(fake.url, convs, max_tokens=16, temperature=0.0, top_p=1.0, concurrency=2,
-                             timeout=60.0, seed=3)
+        req = ChatRequests(max_tokens=16, temperature=0.0, top_p=1.0, concurrency=2, timeout=60.0, seed=3)
+        run = measure_server(fake.url, convs, req)
     assert run.counts == EXPECTED and run.num_failed == 0 and run.completion_tokens == 35
     assert sorted(b["messages"][0]["content"] for b in fake.bodies) == [f"question {i}" for i in range(5)]
     assert all(b["model"] == "tiny" and b["max_tokens"] == 16 and b["temperature"] == 0.0 for b in fake.bodies)

@@ -1,7 +1,7 @@
 """Evaluation: acceptance measured offline (simulated speculative decoding) or from a live vLLM server.
 
 See docs/evaluation.md. Offline: `run_offline_eval(EvalOptions(...))`. Live: `run_live_eval(LiveOptions(...))`
-(one set: `measure_server(url, conversations)`).
+(one set: `measure_server(url, conversations, ChatRequests(...))`).
 Both produce `AcceptanceCounts`, vLLM's counters, and print the seed card's table (`markdown_table`).
 """
 

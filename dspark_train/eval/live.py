@@ -13,7 +13,7 @@ from typing import Any
 from dspark_train.eval.offline import write_outputs
 from dspark_train.eval.prompts import load_prompt_set
 from dspark_train.eval.scope import MODES, RUN_SEED, EvalScope
-from dspark_train.eval.server import measure_server, served_model
+from dspark_train.eval.server import ChatRequests, measure_server, served_model
 from schemas.summary import LiveEvalSummary
 
 LIVE_SUBDIR = "vllm"
@@ -39,10 +39,9 @@ def run_live_eval(opts: LiveOptions) -> dict[str, Any]:
         pset = load_prompt_set(spec, opts.num_prompts)
         for mode in opts.modes:
             params = MODES[mode]
-            run = measure_server(
-                opts.url, pset.conversations, max_tokens=opts.max_new_tokens, temperature=params.temperature,
-                top_p=params.top_p, concurrency=opts.concurrency, timeout=opts.timeout_s, model=model, seed=opts.seed,
-            )
+            req = ChatRequests(max_tokens=opts.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                               concurrency=opts.concurrency, timeout=opts.timeout_s, seed=opts.seed)
+            run = measure_server(opts.url, pset.conversations, req, model=model)
             if run.num_failed:
                 summary[f"{pset.name}_{mode}_failed_requests"] = run.num_failed
             results.setdefault(pset.name, {})[mode] = {

@@ -121,20 +121,24 @@ def _settled_counts(url: str, tries: int = 10, pause_s: float = 0.2) -> Acceptan
     return last
 
 
+@dataclass(frozen=True)
+class ChatRequests:
+    """How each prompt is sent: the generation knobs of every chat request and how many are in flight. No
+    defaults: live eval fills them from the recipe (`schemas.recipe`), so no second default can disagree."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    concurrency: int
+    timeout: float
+    seed: int | None = None  # request i is seeded with seed + i
+
+
 async def _send_all(
-    url: str,
-    model: str,
-    conversations: list[list[dict[str, Any]]],
-    *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    concurrency: int,
-    timeout: float,
-    seed: int | None,
+    url: str, model: str, conversations: list[list[dict[str, Any]]], req: ChatRequests
 ) -> tuple[int, int]:
     """Send every conversation as one chat request; returns (failed requests, completion tokens)."""
-    sem = asyncio.Semaphore(concurrency)
+    sem = asyncio.Semaphore(req.concurrency)
     chat = api_url(url, "/v1/chat/completions")
     failed = tokens = 0
 
@@ -143,15 +147,15 @@ async def _send_all(
         body: dict[str, Any] = {
             "model": model,
             "messages": messages,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
         }
-        if seed is not None:
-            body["seed"] = seed + i
+        if req.seed is not None:
+            body["seed"] = req.seed + i
         async with sem:
             try:
-                resp = await client.post(chat, json=body, timeout=timeout)
+                resp = await client.post(chat, json=body, timeout=req.timeout)
                 resp.raise_for_status()
                 tokens += int(resp.json().get("usage", {}).get("completion_tokens", 0))
             except (httpx.HTTPError, ValueError):
@@ -163,19 +167,9 @@ async def _send_all(
 
 
 def measure_server(
-    url: str,
-    conversations: list[list[dict[str, Any]]],
-    *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    concurrency: int,
-    timeout: float,
-    model: str | None = None,
-    seed: int | None = None,
+    url: str, conversations: list[list[dict[str, Any]]], req: ChatRequests, *, model: str | None = None
 ) -> ServerRun:
-    """Run one prompt set against a live server and return its counter deltas. The generation knobs have
-    no defaults here: live eval passes the recipe's (`schemas.recipe`), so no second default can disagree.
+    """Run one prompt set against a live server and return its counter deltas.
 
     The metrics page is read after every response has arrived, until two reads agree: vLLM records
     an engine step's counters right after it queues that step's outputs, so the last step of the last
@@ -184,12 +178,7 @@ def measure_server(
     model = model or served_model(url)
     before = fetch_counts(url)
     start = time.monotonic()
-    failed, tokens = asyncio.run(
-        _send_all(
-            url, model, conversations, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            concurrency=concurrency, timeout=timeout, seed=seed,
-        )
-    )
+    failed, tokens = asyncio.run(_send_all(url, model, conversations, req))
     seconds = time.monotonic() - start
     after = _settled_counts(url)
     return ServerRun(counts_delta(after, before), len(conversations), failed, tokens, seconds)
