@@ -86,6 +86,31 @@ def publish_file(tmp: Path, final: Path, *, durable: bool = True) -> None:
         fsync_dir(final.parent)
 
 
+def _temp_file(path: Path) -> Path:
+    """This process's temp name for `path`, after removing the temps of `path` that dead writers left.
+
+    Why here: a writer SIGKILLed between creating its temp file and the rename leaves `.tmp-<name>.<pid>`
+    behind, and a rerun that rewrites `path` (e.g. a stage's `summary.json`, rewritten when the stage is
+    found complete and cached) would otherwise leave it there for good, where `dspark verify` reports it.
+    A temp whose pid is alive belongs to a concurrent writer and is left alone."""
+    prefix = f"{TMP_PREFIX}{path.name}."
+    for old in path.parent.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
+    return path.parent / f"{prefix}{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = True) -> None:
     """Have `write(tmp)` create the file at a temp path beside `path`, then rename it into place.
 
@@ -93,7 +118,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = T
     capture spool): still atomic for a concurrent reader, not for a power cut. A failed `write` removes
     its temp file and re-raises.
     """
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    tmp = _temp_file(path)
     try:
         write(tmp)
         if durable:
@@ -106,7 +131,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, durable: bool = T
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically and durably: temp file in the same directory, fsync, rename, fsync dir."""
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    tmp = _temp_file(path)
     with open(tmp, "wb") as f:
         f.write(data)
         fsync_file(f)

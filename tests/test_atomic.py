@@ -10,6 +10,7 @@ fallback (no renameat2) are covered.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,24 @@ def test_atomic_write_replaces_whole_and_cleans_up_a_failed_write(tmp_path, dura
         atomic.atomic_write(target, failing, durable=durable)
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
+
+
+def test_a_rewrite_removes_the_temp_a_killed_writer_left(tmp_path) -> None:
+    """A writer SIGKILLed before its rename leaves `.tmp-<name>.<pid>`; the next write of the same name (a
+    cached stage republishing its summary.json) removes it, and leaves a live writer's temp alone."""
+    target = tmp_path / "summary.json"
+    child = f"""
+import os, signal
+from pathlib import Path
+tmp = Path({str(tmp_path)!r}) / f".tmp-summary.json.{{os.getpid()}}"
+tmp.write_bytes(b"half")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", child], check=False)
+    assert proc.returncode == -9
+    live = tmp_path / f".tmp-summary.json.{os.getppid()}"  # the test runner's parent: alive, not ours
+    live.write_bytes(b"in progress")
+    assert len(list(tmp_path.glob(".tmp-summary.json.*"))) == 2
+    atomic.atomic_write_bytes(target, b"{}")
+    assert target.read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "summary.json"]
