@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import glob
 import os
 import shutil
 from collections.abc import Callable
@@ -94,7 +95,7 @@ def _temp_file(path: Path) -> Path:
     found complete and cached) would otherwise leave it there for good, where `dspark verify` reports it.
     A temp whose pid is alive belongs to a concurrent writer and is left alone."""
     prefix = f"{TMP_PREFIX}{path.name}."
-    for old in path.parent.glob(f"{prefix}*"):
+    for old in path.parent.glob(f"{glob.escape(prefix)}*"):
         pid = old.name[len(prefix):]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             old.unlink(missing_ok=True)
