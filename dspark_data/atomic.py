@@ -4,7 +4,7 @@ Why one module: every stage promises that a reader, a rerun or a resume never se
 or directory under its final name, and that a published name survives a power cut (the new bytes and
 the rename are both fsynced). Written once here, the promise cannot drift between writers.
 
-Files (`atomic_write_bytes`, `atomic_write`): write a temp file `.tmp-<name>.<pid>` in the same
+Files (`atomic_write_bytes`, `atomic_write`): write a temp file `.tmp-<name>.<pid>@<host>` in the same
 directory, fsync it, `rename` it over the final name, fsync the directory. `publish_file` is the last
 two steps, for a writer that streams into its own temp file (the store's shards).
 
@@ -36,6 +36,7 @@ import errno
 import glob
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -88,26 +89,30 @@ def publish_file(tmp: Path, final: Path, *, durable: bool = True) -> None:
 
 
 def _temp_file(path: Path) -> Path:
-    """This process's temp name for `path`, after removing the temps of `path` that dead writers left.
+    """This process's temp name for `path`, `.tmp-<name>.<pid>@<host>`, after removing the temps of `path`
+    that dead writers on this machine left.
 
-    Why here: a writer SIGKILLed between creating its temp file and the rename leaves `.tmp-<name>.<pid>`
-    behind, and a rerun that rewrites `path` (e.g. a stage's `summary.json`, rewritten when the stage is
-    found complete and cached) would otherwise leave it there for good, where `dspark verify` reports it.
-    A temp whose pid is alive belongs to a concurrent writer and is left alone."""
+    Why here: a writer SIGKILLed between creating its temp file and the rename leaves its temp behind, and a
+    rerun that rewrites `path` (e.g. a stage's `summary.json`, rewritten when the stage is found complete and
+    cached) would otherwise leave it there for good, where `dspark verify` reports it. The host is in the
+    name because directories may be shared between machines (ranks racing on a stream cache's `cache.json`):
+    a pid can only be checked on its own host, so another host's temp, and a live writer's, are left alone."""
     prefix = f"{TMP_PREFIX}{path.name}."
-    for old in path.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = old.name[len(prefix):]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+    host = socket.gethostname()
+    for old in path.parent.glob(f"{glob.escape(prefix)}*@{glob.escape(host)}"):
+        pid = old.name[len(prefix) : -len(host) - 1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             old.unlink(missing_ok=True)
-    return path.parent / f"{prefix}{os.getpid()}"
+    return path.parent / f"{prefix}{os.getpid()}@{host}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (someone else's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
+    except PermissionError:
         return True
     return True
 

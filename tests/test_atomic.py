@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -148,21 +149,27 @@ def test_atomic_write_replaces_whole_and_cleans_up_a_failed_write(tmp_path, dura
 
 
 def test_a_rewrite_removes_the_temp_a_killed_writer_left(tmp_path) -> None:
-    """A writer SIGKILLed before its rename leaves `.tmp-<name>.<pid>`; the next write of the same name (a
-    cached stage republishing its summary.json) removes it, and leaves a live writer's temp alone."""
+    """A writer SIGKILLed before its rename leaves `.tmp-<name>.<pid>@<host>`; the next write of the same name
+    (a cached stage republishing its summary.json) removes it, and leaves alone a live writer's temp and any
+    other machine's (a pid can only be checked on its own host)."""
     target = tmp_path / "summary.json"
+    host = socket.gethostname()
     child = f"""
 import os, signal
 from pathlib import Path
-tmp = Path({str(tmp_path)!r}) / f".tmp-summary.json.{{os.getpid()}}"
+tmp = Path({str(tmp_path)!r}) / f".tmp-summary.json.{{os.getpid()}}@{host}"
 tmp.write_bytes(b"half")
 os.kill(os.getpid(), signal.SIGKILL)
 """
     proc = subprocess.run([sys.executable, "-c", child], check=False)
     assert proc.returncode == -9
-    live = tmp_path / f".tmp-summary.json.{os.getppid()}"  # the test runner's parent: alive, not ours
+    live = tmp_path / f".tmp-summary.json.{os.getppid()}@{host}"  # the test runner's parent: alive, not ours
     live.write_bytes(b"in progress")
-    assert len(list(tmp_path.glob(".tmp-summary.json.*"))) == 2
+    (killed,) = [p for p in tmp_path.glob(".tmp-summary.json.*") if p != live]
+    dead_pid = killed.name.removeprefix(".tmp-summary.json.").split("@")[0]
+    remote = tmp_path / f".tmp-summary.json.{dead_pid}@{host}-elsewhere"  # dead here, maybe alive there
+    remote.write_bytes(b"in progress elsewhere")
+    assert len(list(tmp_path.glob(".tmp-summary.json.*"))) == 3
     atomic.atomic_write_bytes(target, b"{}")
     assert target.read_bytes() == b"{}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "summary.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, remote.name, "summary.json"])

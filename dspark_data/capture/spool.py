@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dspark_data.atomic import atomic_write
+from dspark_data.atomic import atomic_write, pid_alive
 from schemas.capture import (
     SPOOL_ERROR_SUFFIX,
     SPOOL_FORMAT,
@@ -73,19 +73,9 @@ def make_spool_dir(root: Path | None = None) -> Path:
     root = root or default_spool_root()
     for stale in root.glob(f"{SPOOL_PREFIX}*-*"):
         pid = stale.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{SPOOL_PREFIX}{os.getpid()}-", dir=root))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def write_record(path: Path, hidden: torch.Tensor, token_ids: torch.Tensor, layer_ids: tuple[int, ...]) -> None:
